@@ -1,0 +1,3 @@
+from pyrelayd.cli import main
+
+raise SystemExit(main())

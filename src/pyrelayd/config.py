@@ -1,0 +1,63 @@
+"""The relay daemon's settings, as resolved from config files, environment and command line.
+
+`pyrelayd.cli` builds one `RelaydOptions`; the server only ever reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+DEFAULT_CONTROL_PORT = 5342
+DEFAULT_DATA_PORT = 5343
+DEFAULT_LIVE_PORT = 5344
+DEFAULT_NETWORK_SOCKET_TIMEOUT_MS = 0  # 0: no timeout (lttng's default is to wait forever)
+
+
+class GroupOutputBy(enum.Enum):
+    HOST = "host"
+    SESSION = "session"
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenAddress:
+    """One TCP listener: the address family, the host to bind and the port (0: the OS picks)."""
+
+    host: str
+    port: int
+    ipv6: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TcpKeepAlive:
+    """LTTNG_RELAYD_TCP_KEEP_ALIVE* settings; None leaves the system default."""
+
+    enabled: bool = False
+    idle_time_s: int | None = None
+    probe_interval_s: int | None = None
+    max_probe_count: int | None = None
+    abort_threshold_s: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaydOptions:
+    control: ListenAddress = ListenAddress("0.0.0.0", DEFAULT_CONTROL_PORT)
+    data: ListenAddress = ListenAddress("0.0.0.0", DEFAULT_DATA_PORT)
+    live: ListenAddress = ListenAddress("localhost", DEFAULT_LIVE_PORT)
+    output_root: Path = Path("lttng-traces")  # absolute once resolved by the CLI
+    group_output_by: GroupOutputBy = GroupOutputBy.HOST
+    allow_clear: bool = True
+    daemonize: bool = False
+    background: bool = False
+    tracing_group: str = "tracing"
+    working_directory: Path | None = None
+    verbosity: int = 0
+    fd_pool_size: int | None = None
+    dynamic_port_allocation: bool = False
+    pid_file: Path | None = None
+    sig_parent: bool = False
+    network_socket_timeout_ms: int = DEFAULT_NETWORK_SOCKET_TIMEOUT_MS
+    tcp_keep_alive: TcpKeepAlive = TcpKeepAlive()
+    # Where port files (dynamic port allocation) go: the relay's run directory.
+    run_dir: Path = Path("/var/run/lttng")

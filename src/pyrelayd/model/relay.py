@@ -1,0 +1,211 @@
+"""The relay: global tables (sessions, streams), id counters, the chunk registry, settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pyrelayd.config import GroupOutputBy
+from pyrelayd.model.chunk import ChunkError, ChunkRegistry, TraceChunk
+from pyrelayd.model.session import RelaySession, SessionInfo
+from pyrelayd.model.stream import RelayStream
+from pyrelayd.protocol.relayd import CloseCommand
+from pyrelayd.storage import files, paths
+
+log = logging.getLogger(__name__)
+
+
+class RelayError(Exception):
+    """A request the relay refuses; `code` is the lttng return code to send back."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaySettings:
+    output_root: Path
+    group_output_by: GroupOutputBy = GroupOutputBy.HOST
+    allow_clear: bool = True
+
+
+class Relay:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.sessions: dict[int, RelaySession] = {}
+        self.streams: dict[int, RelayStream] = {}
+        self.chunks = ChunkRegistry()
+        self._last_session_id = 0
+        self._last_stream_handle = 0
+        self._last_trace_id = 0
+
+    # ----------------------------------------------------------------- ids
+
+    def next_trace_id(self) -> int:
+        self._last_trace_id += 1
+        return self._last_trace_id
+
+    def next_stream_handle(self) -> int:
+        self._last_stream_handle += 1
+        return self._last_stream_handle
+
+    # ----------------------------------------------------------------- sessions
+
+    def create_session(self, info: SessionInfo, current_chunk_id: int | None) -> RelaySession:
+        """A new relay session; its directory exists when this returns (2.11+ peers)."""
+        root = self.settings.output_root
+        if info.minor >= 11:
+            output_path = paths.session_output_path(
+                session_name=info.session_name,
+                hostname=info.hostname,
+                base_path=info.base_path,
+                creation_time=info.creation_time,
+                name_contains_creation_time=info.name_contains_creation_time,
+                group_by=self.settings.group_output_by,
+            )
+        else:
+            paths.check_component(info.session_name or "unnamed", "session name")
+            if info.hostname:
+                paths.check_component(info.hostname, "hostname")
+            output_path = ""
+        directory = root / output_path if output_path else root
+        chunk: TraceChunk | None = None
+        if info.minor >= 11 and current_chunk_id is not None:
+            key = (info.sessiond_uuid, info.sessiond_session_id or 0)
+            found = self.chunks.find(key, current_chunk_id)
+            if found is None:
+                raise ChunkError(f"no published trace chunk {current_chunk_id} to adopt")
+            chunk = found.get()
+            directory = chunk.session_directory
+        else:
+            files.make_directories(directory)
+            paths.inside(root, directory)
+            if info.minor < 11:
+                # Old peers send full paths: one anonymous chunk at the output root.
+                chunk = TraceChunk(None, info.creation_time, "", root)
+        self._last_session_id += 1
+        session = RelaySession(self, self._last_session_id, info, output_path, directory)
+        session.current_chunk = chunk
+        self.sessions[session.id] = session
+        self.chunks.session_created(info.sessiond_uuid)
+        log.info("%s created in %s", session, directory)
+        return session
+
+    def session_released(self, session: RelaySession) -> None:
+        self.sessions.pop(session.id, None)
+        self.chunks.session_destroyed(session.info.sessiond_uuid)
+
+    def live_sessions(self) -> Iterator[RelaySession]:
+        yield from (s for s in self.sessions.values() if not s.connection_closed)
+
+    # ----------------------------------------------------------------- streams
+
+    def add_stream(self, session: RelaySession, channel_name: str, path_name: str,
+                   tracefile_size: int, tracefile_count: int) -> RelayStream:
+        """A new stream; its (empty) data file exists when this returns."""
+        channel_name = paths.check_component(channel_name, "channel name")
+        path_name = paths.check_relative_path(path_name, "stream path")
+        if session.current_chunk is None:
+            handle = self.next_stream_handle()
+            raise RelayError(f"{session} has no current trace chunk", handle)
+        trace = session.trace_for(path_name)
+        handle = self.next_stream_handle()
+        try:
+            stream = RelayStream(handle, trace, channel_name, path_name, tracefile_size,
+                                 tracefile_count, session.current_chunk)
+        except OSError as error:
+            raise RelayError(f"cannot create stream files: {error}", handle) from error
+        self.streams[handle] = stream
+        session.stream_added(stream)
+        return stream
+
+    def stream_closed(self, stream: RelayStream) -> None:
+        self.streams.pop(stream.handle, None)
+
+    def find_stream(self, handle: int) -> RelayStream | None:
+        return self.streams.get(handle)
+
+    # ----------------------------------------------------------------- trace chunks
+
+    def create_trace_chunk(self, session: RelaySession, chunk_id: int, creation_time: int,
+                           override_name: str | None) -> None:
+        if override_name is not None:
+            paths.check_chunk_name(override_name)
+        session.ongoing_rotation = True
+        current = session.current_chunk
+        if current is not None and not current.name_overridden:
+            current.rename_path(paths.TMP_OLD_CHUNK)
+        if current is None:
+            new_path: str | None = None if session.has_rotated else ""
+        else:
+            new_path = paths.TMP_NEW_CHUNK
+        chunk = TraceChunk(chunk_id, creation_time, new_path, session.directory, override_name)
+        published = self.chunks.publish(session.registry_key, chunk)
+        chunk.put()
+        if session.pending_closure_chunk is not None:
+            published.put()
+            raise ChunkError("a second trace chunk was created before the previous one closed")
+        session.pending_closure_chunk = session.current_chunk
+        session.current_chunk = published
+        if session.pending_closure_chunk is None:
+            session.ongoing_rotation = False
+
+    def close_trace_chunk(self, session: RelaySession, chunk_id: int, close_time: int,
+                          command: CloseCommand | None) -> str:
+        """Close a chunk; returns the path (relative to the output root) the peer reports."""
+        chunk = self.chunks.find(session.registry_key, chunk_id)
+        if chunk is None:
+            raise RelayError(f"unknown trace chunk {chunk_id}", 26)  # NOMEM, as lttng does
+        if command is CloseCommand.DELETE and not self.settings.allow_clear:
+            raise RelayError("clear is disallowed on this relay", 152)
+        if session.pending_closure_chunk is not None and session.pending_closure_chunk is not chunk:
+            raise RelayError(f"trace chunk {chunk_id} is not the one being closed", 152)
+        current = session.current_chunk
+        if current is not None and current is not chunk and not current.name_overridden:
+            if command is CloseCommand.DELETE and not session.has_rotated:
+                current.rename_path("")  # a clear keeps the new chunk in the session root
+            else:
+                current.rename_path(None)
+            session.ongoing_rotation = False
+        if command in (None, CloseCommand.NO_OPERATION) and not chunk.name_overridden:
+            chunk.rename_path(None if session.has_rotated else "")
+        chunk.set_close_time(close_time)
+        if command is not None:
+            chunk.close_command = command
+        name = chunk.name or ""
+        if not session.has_rotated and not session.snapshot:
+            path = session.output_path
+        elif session.snapshot:
+            path = f"{session.output_path}/{name}"
+        else:
+            path = f"{session.output_path}/{paths.ARCHIVES_DIRECTORY}/{name}"
+        if command is CloseCommand.MOVE_TO_COMPLETED:
+            session.has_rotated = True
+        if session.current_chunk is chunk:
+            chunk.put()
+            session.current_chunk = None
+        if session.pending_closure_chunk is not None:
+            pending, session.pending_closure_chunk = session.pending_closure_chunk, None
+            pending.put()
+        return path
+
+    def trace_chunk_exists(self, session: RelaySession, chunk_id: int) -> bool:
+        if not self.chunks.knows_sessiond(session.info.sessiond_uuid):
+            raise RelayError("no trace chunk registry for this session daemon", 152)
+        return self.chunks.find(session.registry_key, chunk_id) is not None
+
+    # ----------------------------------------------------------------- shutdown
+
+    def shutdown(self) -> None:
+        """Relay stopping: every session is aborted, every stream closed, chunks released."""
+        for session in list(self.sessions.values()):
+            session.abort()
+            session.close()
+
+    @staticmethod
+    def now() -> int:
+        return int(time.time())

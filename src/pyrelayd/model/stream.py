@@ -1,0 +1,423 @@
+"""Relay streams: one per consumer stream (`channel0_3`, `metadata`), owning its files.
+
+The data connection writes packets with `begin_packet` / `write` / `end_packet`; the control
+connection supplies index halves (`add_index`), metadata (`write_metadata`), close requests and
+rotations. net_seq_num values are per stream and compared wrap-safely, as lttng does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from pyrelayd.model.chunk import TraceChunk
+from pyrelayd.model.index import IndexFile, PendingIndex, TracefileArray
+from pyrelayd.protocol.index import index_minor_for
+from pyrelayd.protocol.relayd import SendIndex
+from pyrelayd.storage import files, paths
+
+if TYPE_CHECKING:
+    from pyrelayd.model.session import RelaySession
+    from pyrelayd.model.trace import CtfTrace
+
+log = logging.getLogger(__name__)
+
+UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def seq_before(a: int, b: int) -> bool:
+    """`a` < `b` for 64-bit sequence numbers that may wrap (lttng's signed difference)."""
+    difference = (a - b) & UINT64_MAX
+    return difference >= 1 << 63
+
+
+class StreamError(Exception):
+    """The stream cannot do what its peer asked; the peer's connection is at fault."""
+
+
+@dataclasses.dataclass(slots=True)
+class PendingRotation:
+    next_chunk: TraceChunk | None
+    packet_seq_num: int  # first CTF packet sequence number of the next chunk
+    prev_data_net_seq: int = UINT64_MAX  # last net_seq_num of the old chunk, once known
+    data_rotated: bool = False
+    index_rotated: bool = False
+
+
+class RelayStream:
+    def __init__(
+        self,
+        handle: int,
+        trace: CtfTrace,
+        channel_name: str,
+        path_name: str,
+        tracefile_size: int,
+        tracefile_count: int,
+        chunk: TraceChunk,
+    ) -> None:
+        self.handle = handle
+        self.trace = trace
+        self.channel_name = paths.check_component(channel_name, "channel name")
+        self.path_name = paths.check_relative_path(path_name, "stream path")
+        self.is_metadata = channel_name == paths.METADATA_CHANNEL
+        self.tracefile_size = tracefile_size
+        # A size limit without a count means "never wrap" (lttng would divide by zero).
+        self.tracefile_count = tracefile_count if tracefile_size else 0
+        self.tracefile_index = 0
+        self.tracefile_wrapped = False
+        self.file_bytes = 0  # bytes in the current tracefile
+        self.pos_after_last_complete_data_index = 0
+        self.data_fd: int | None = None
+        self.index_file: IndexFile | None = None
+        self.chunk: TraceChunk | None = None
+        self.prev_data_seq = UINT64_MAX
+        self.prev_index_seq = UINT64_MAX
+        self.last_net_seq_num = UINT64_MAX
+        self.received_packet_seq_num: int | None = None
+        self.pending_indexes: dict[int, PendingIndex] = {}
+        self.index_received_seqcount = 0
+        self.beacon_ts_end = UINT64_MAX
+        self.ctf_stream_id = UINT64_MAX
+        self.metadata_received = 0
+        self.rotation: PendingRotation | None = None
+        self.completed_rotation_count = 0
+        self.tracefile_array = TracefileArray(self.tracefile_count)
+        self.close_requested = False
+        self.closed = False
+        self.published = False
+        self.data_pending_checked = False
+        self._rotate_index_file = False
+        self._set_chunk(chunk.get())
+
+    def __repr__(self) -> str:
+        return f"RelayStream({self.handle}, {self.path_name}/{self.channel_name})"
+
+    @property
+    def session(self) -> RelaySession:
+        return self.trace.session
+
+    @property
+    def has_indexes(self) -> bool:
+        return self.session.has_indexes and not self.is_metadata
+
+    # ----------------------------------------------------------------- files
+
+    def _file_name(self) -> str:
+        return paths.stream_file_name(self.channel_name, self.tracefile_size, self.tracefile_index)
+
+    def _data_file_path(self) -> str:
+        return f"{self.path_name}/{self._file_name()}"
+
+    def _set_chunk(self, chunk: TraceChunk) -> None:
+        """Adopt `chunk` (a reference owned by the caller) and open a fresh data file in it."""
+        chunk.create_subdirectory(self.path_name)
+        if self.chunk is not None:
+            self.chunk.put()
+        self.chunk = chunk
+        self._close_data_file()
+        self.data_fd = chunk.create_file(self._data_file_path())
+
+    def _open_data_file(self, chunk: TraceChunk) -> None:
+        self._close_data_file()
+        self.data_fd = chunk.create_file(self._data_file_path(), unlink_first=self.tracefile_wrapped)
+
+    def _close_data_file(self) -> None:
+        files.close_quietly(self.data_fd)
+        self.data_fd = None
+
+    def _drop_index_file(self) -> None:
+        if self.index_file is not None:
+            self.index_file.put()
+            self.index_file = None
+
+    def _create_index_file(self, chunk: TraceChunk) -> None:
+        self._drop_index_file()
+        chunk.create_subdirectory(f"{self.path_name}/{paths.INDEX_DIRECTORY}")
+        relative = f"{self.path_name}/{paths.INDEX_DIRECTORY}/{self._file_name()}{paths.INDEX_SUFFIX}"
+        # Always unlink first: a live reader keeps the old file's content.
+        fd = chunk.create_file(relative, unlink_first=True)
+        self.index_file = IndexFile(fd, index_minor_for(self.session.minor))
+
+    # ----------------------------------------------------------------- data packets
+
+    def begin_packet(self, data_size: int) -> None:
+        """Called when a data header for this stream is complete, before its payload."""
+        if self.data_fd is None or self.chunk is None:
+            raise StreamError(f"{self} has no open file (no current trace chunk)")
+        if not self.tracefile_size or self.file_bytes + data_size <= self.tracefile_size:
+            self._rotate_index_file = False
+            return
+        # Switch to the next tracefile; wrapping around overwrites the oldest one.
+        next_index = self.tracefile_index + 1
+        if self.tracefile_count:
+            next_index %= self.tracefile_count
+        if next_index < self.tracefile_index:
+            self.tracefile_wrapped = True
+        self.tracefile_array.rotate_write()
+        self.tracefile_index = next_index
+        self._open_data_file(self.chunk)
+        self.file_bytes = 0
+        self._rotate_index_file = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.data_fd is not None
+        files.write_all(self.data_fd, data)
+
+    def end_packet(self, net_seq_num: int, data_size: int, padding_size: int) -> None:
+        """The packet's payload is on disk: pad it, index it, and advance the stream."""
+        assert self.data_fd is not None
+        files.write_zeros(self.data_fd, padding_size)
+        total = data_size + padding_size
+        index_flushed = False
+        if self.session.has_indexes:
+            index_flushed = self._add_data_half(net_seq_num, total)
+        self.file_bytes += total
+        if index_flushed:
+            self.pos_after_last_complete_data_index = self.file_bytes
+            self.prev_index_seq = net_seq_num
+            self._try_rotate_index()
+        self.prev_data_seq = net_seq_num
+        self._try_rotate_data()
+
+    def _add_data_half(self, net_seq_num: int, total_size: int) -> bool:
+        assert self.chunk is not None
+        index = self.pending_indexes.get(net_seq_num)
+        if index is None:
+            index = self.pending_indexes[net_seq_num] = PendingIndex(net_seq_num)
+        if index.index_file is not None:
+            raise StreamError(f"{self}: packet {net_seq_num} received twice")
+        if self._rotate_index_file or self.index_file is None:
+            self._create_index_file(self.chunk)
+        assert self.index_file is not None
+        index.index_file = self.index_file.get()
+        index.offset = self.file_bytes
+        index.total_size = total_size
+        return self._try_flush(index)
+
+    def _try_flush(self, index: PendingIndex) -> bool:
+        if not index.complete:
+            return False
+        assert index.index_file is not None and index.control is not None
+        index.index_file.append(index.record())
+        index.release()
+        del self.pending_indexes[index.net_seq_num]
+        self.tracefile_array.rotate_read()
+        self.tracefile_array.commit(self.index_received_seqcount)
+        self.index_received_seqcount += 1
+        self.received_packet_seq_num = index.control.packet_seq_num
+        return True
+
+    # ----------------------------------------------------------------- control side
+
+    def add_index(self, info: SendIndex) -> None:
+        if info.is_beacon:
+            # A live beacon: the stream is idle up to timestamp_end. Never written to disk.
+            if self.index_received_seqcount > 0 and not self.pending_indexes:
+                self.beacon_ts_end = info.timestamp_end
+            if self.ctf_stream_id == UINT64_MAX:
+                self.ctf_stream_id = info.stream_id
+            return
+        self.beacon_ts_end = UINT64_MAX
+        if self.ctf_stream_id == UINT64_MAX:
+            self.ctf_stream_id = info.stream_id
+        index = self.pending_indexes.get(info.net_seq_num)
+        if index is None:
+            index = self.pending_indexes[info.net_seq_num] = PendingIndex(info.net_seq_num)
+        if index.control is not None:
+            raise StreamError(f"{self}: index {info.net_seq_num} received twice")
+        index.control = info
+        if self._try_flush(index):
+            self.pos_after_last_complete_data_index += index.total_size
+            self.prev_index_seq = info.net_seq_num
+            self._try_rotate_index()
+            self._try_rotate_data()
+
+    def end_metadata(self, length: int, padding_size: int) -> None:
+        """A SEND_METADATA of `length` bytes was written with `write`: pad and count it."""
+        if self.data_fd is None:
+            raise StreamError(f"{self} has no open metadata file")
+        files.write_zeros(self.data_fd, padding_size)
+        self.metadata_received += length + padding_size
+
+    def reset_metadata(self) -> None:
+        """`lttng regenerate metadata`: start the metadata file over in the current chunk."""
+        if self.chunk is None:
+            raise StreamError(f"{self} has no trace chunk")
+        self._close_data_file()
+        self.chunk.unlink_file(self._data_file_path())
+        self.data_fd = self.chunk.create_file(self._data_file_path())
+        self.file_bytes = 0
+        self.metadata_received = 0
+        self.prev_data_seq = 0
+        self.prev_index_seq = 0
+
+    def data_pending(self, last_net_seq_num: int) -> bool:
+        self.data_pending_checked = True
+        seq = self.prev_data_seq
+        if self.session.has_indexes and not self.is_metadata:
+            seq = min(self.prev_data_seq, self.prev_index_seq)
+        return seq_before(seq, last_net_seq_num)
+
+    def all_data_received(self) -> bool:
+        """True once every packet up to the announced last one is on disk."""
+        if self.last_net_seq_num == UINT64_MAX:
+            return True
+        return not seq_before(self.prev_data_seq, self.last_net_seq_num)
+
+    # ----------------------------------------------------------------- rotation
+
+    def set_pending_rotation(self, next_chunk: TraceChunk | None, packet_seq_num: int) -> None:
+        if self.rotation is not None:
+            raise StreamError(f"{self} is already rotating")
+        self.rotation = PendingRotation(next_chunk.get() if next_chunk else None, packet_seq_num)
+        if self.is_metadata:
+            self.rotation.index_rotated = True
+            if next_chunk is not None:
+                # The session daemon sends the whole metadata again into the new chunk.
+                self.metadata_received = 0
+            self._rotate_data_file()
+        else:
+            self._try_rotate_index()
+            self._try_rotate_data()
+
+    def _try_rotate_index(self) -> None:
+        rotation = self.rotation
+        if rotation is None or rotation.index_rotated:
+            return
+        received = self.received_packet_seq_num
+        if received is None or received + 1 < rotation.packet_seq_num:
+            return
+        self._drop_index_file()
+        rotation.index_rotated = True
+        rotation.prev_data_net_seq = self.prev_index_seq
+        if rotation.data_rotated:
+            self._complete_rotation()
+
+    def _try_rotate_data(self) -> None:
+        rotation = self.rotation
+        if rotation is None or rotation.data_rotated:
+            return
+        if (
+            self.prev_data_seq == UINT64_MAX
+            or rotation.prev_data_net_seq == UINT64_MAX
+            or self.prev_data_seq < rotation.prev_data_net_seq
+        ):
+            return
+        if self.prev_data_seq > rotation.prev_data_net_seq:
+            self._rotate_and_truncate()
+        else:
+            self._rotate_data_file()
+
+    def _rotate_data_file(self) -> None:
+        rotation = self.rotation
+        assert rotation is not None
+        self._close_data_file()
+        self.tracefile_wrapped = False
+        self.tracefile_index = 0
+        if rotation.next_chunk is not None:
+            rotation.next_chunk.create_subdirectory(self.path_name)
+            self.data_fd = rotation.next_chunk.create_file(self._data_file_path())
+        self.file_bytes = 0
+        self.pos_after_last_complete_data_index = 0
+        rotation.data_rotated = True
+        if rotation.index_rotated:
+            self._complete_rotation()
+
+    def _rotate_and_truncate(self) -> None:
+        """Packets of the next chunk arrived before the rotation point: move them over."""
+        rotation = self.rotation
+        assert rotation is not None and self.data_fd is not None
+        if rotation.next_chunk is None:
+            raise StreamError(f"{self}: data past the rotation point but no next chunk")
+        old_fd = self.data_fd
+        self.data_fd = None
+        start = self.pos_after_last_complete_data_index
+        misplaced = self.file_bytes - start
+        try:
+            self._rotate_data_file()
+            assert self.data_fd is not None
+            moved = 0
+            while moved < misplaced:
+                block = os.pread(old_fd, min(misplaced - moved, 1 << 20), start + moved)
+                if not block:
+                    raise StreamError(f"{self}: short read while moving misplaced data")
+                files.write_all(self.data_fd, block)
+                moved += len(block)
+            os.ftruncate(old_fd, start)
+        finally:
+            files.close_quietly(old_fd)
+        # Indexes whose data moved now point into the new files.
+        chunk = rotation.next_chunk if self.rotation is rotation else self.chunk
+        assert chunk is not None
+        self._create_index_file(chunk)
+        assert self.index_file is not None
+        for index in self.pending_indexes.values():
+            if index.index_file is not None:
+                index.index_file.put()
+                index.index_file = self.index_file.get()
+                index.offset -= start
+        self.file_bytes = misplaced
+        self.pos_after_last_complete_data_index = 0
+
+    def _complete_rotation(self) -> None:
+        rotation = self.rotation
+        assert rotation is not None
+        if rotation.next_chunk is not None:
+            self.tracefile_array.reset()
+            self.tracefile_array.commit(self.index_received_seqcount)
+        if self.chunk is not None:
+            self.chunk.put()
+        self.chunk = rotation.next_chunk
+        self.rotation = None
+        self.completed_rotation_count += 1
+
+    # ----------------------------------------------------------------- closing
+
+    def request_close(self, last_net_seq_num: int | None) -> None:
+        """Close once every packet up to `last_net_seq_num` is in (None: connection lost)."""
+        if self.closed:
+            return
+        self.close_requested = True
+        if last_net_seq_num is not None:
+            self.last_net_seq_num = last_net_seq_num
+        self.try_close()
+
+    def try_close(self) -> None:
+        if self.closed or not self.close_requested:
+            return
+        if self.last_net_seq_num == UINT64_MAX:
+            # The connection went away without CLOSE_STREAM: no more index halves will come,
+            # so halves holding only data are dropped; the newest pending packet is the end.
+            for seq, index in list(self.pending_indexes.items()):
+                if index.index_file is not None:
+                    index.release()
+                    del self.pending_indexes[seq]
+            if self.pending_indexes:
+                self.last_net_seq_num = max(self.pending_indexes)
+        if (
+            self.last_net_seq_num != UINT64_MAX
+            and seq_before(self.prev_data_seq, self.last_net_seq_num)
+            and not self.session.aborted
+        ):
+            return  # data still on its way
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for index in self.pending_indexes.values():
+            index.release()
+        self.pending_indexes.clear()
+        self._close_data_file()
+        self._drop_index_file()
+        if self.rotation is not None and self.rotation.next_chunk is not None:
+            self.rotation.next_chunk.put()
+        self.rotation = None
+        if self.chunk is not None:
+            self.chunk.put()
+            self.chunk = None
+        log.debug("%s closed", self)
+        self.trace.stream_closed(self)

@@ -1,0 +1,147 @@
+"""The relay daemon process: listeners, connection tracking, signals and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from pyrelayd.config import ListenAddress, RelaydOptions, TcpKeepAlive
+from pyrelayd.model.relay import Relay, RelaySettings
+from pyrelayd.server.control import ControlProtocol
+from pyrelayd.server.data import DataProtocol
+
+log = logging.getLogger(__name__)
+
+ReadyCallback = Callable[[dict[str, int]], None]
+
+
+def _apply_keep_alive(sock: socket.socket, settings: TcpKeepAlive) -> None:
+    if not settings.enabled:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = (
+        (socket.TCP_KEEPIDLE, settings.idle_time_s),
+        (socket.TCP_KEEPINTVL, settings.probe_interval_s),
+        (socket.TCP_KEEPCNT, settings.max_probe_count),
+        (socket.TCP_USER_TIMEOUT, settings.abort_threshold_s * 1000
+         if settings.abort_threshold_s is not None else None),
+    )
+    for option, value in options:
+        if value is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class RelayDaemon:
+    def __init__(self, options: RelaydOptions) -> None:
+        self.options = options
+        self.relay = Relay(RelaySettings(
+            output_root=options.output_root,
+            group_output_by=options.group_output_by,
+            allow_clear=options.allow_clear,
+        ))
+        self.connections: set[asyncio.BaseProtocol] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.ports: dict[str, int] = {}
+        self._stopping = asyncio.Event()
+
+    async def _listen(self, name: str, address: ListenAddress,
+                      factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
+
+        def protocol() -> asyncio.BaseProtocol:
+            return factory()
+
+        server = await loop.create_server(
+            protocol, host=address.host, port=address.port, family=family,
+            reuse_address=True, backlog=1024,
+        )
+        for sock in server.sockets:
+            self.ports[name] = sock.getsockname()[1]
+        self.servers.append(server)
+        log.info("%s listening on %s port %d", name, address.host, self.ports[name])
+
+    async def start(self) -> None:
+        self.options.output_root.mkdir(parents=True, exist_ok=True)
+        keep_alive = self.options.tcp_keep_alive
+
+        def control() -> asyncio.BaseProtocol:
+            return _with_socket_options(ControlProtocol(self.relay, self.connections), keep_alive)
+
+        def data() -> asyncio.BaseProtocol:
+            return _with_socket_options(DataProtocol(self.relay, self.connections), keep_alive)
+
+        await self._listen("control", self.options.control, control)
+        await self._listen("data", self.options.data, data)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self, on_ready: ReadyCallback | None = None) -> None:
+        await self.start()
+        if on_ready is not None:
+            on_ready(dict(self.ports))
+        await self._stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("shutting down")
+        for server in self.servers:
+            server.close()
+        for connection in list(self.connections):
+            abort = getattr(connection, "abort", None)
+            if abort is not None:
+                abort()
+        # Let connection_lost callbacks run so streams close and files are flushed.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.relay.shutdown()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1)
+
+
+def _with_socket_options(protocol: asyncio.BaseProtocol,
+                         keep_alive: TcpKeepAlive) -> asyncio.BaseProtocol:
+    if not keep_alive.enabled:
+        return protocol
+    original = protocol.connection_made
+
+    def connection_made(transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                _apply_keep_alive(sock, keep_alive)
+            except OSError as error:
+                log.warning("cannot set TCP keep-alive: %s", error)
+        original(transport)
+
+    protocol.connection_made = connection_made  # type: ignore[method-assign]
+    return protocol
+
+
+def run(options: RelaydOptions, on_ready: ReadyCallback | None = None) -> int:
+    """Run the relay until SIGINT or SIGTERM; returns the process exit code."""
+
+    async def main() -> int:
+        daemon = RelayDaemon(options)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, daemon.stop)
+        try:
+            await daemon.serve(on_ready)
+        except OSError as error:
+            log.error("cannot start: %s", error)
+            print(f"pyrelayd: error: {error}", flush=True, file=__import__("sys").stderr)
+            return 1
+        return 0
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())

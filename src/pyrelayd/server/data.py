@@ -1,0 +1,140 @@
+"""Data connections (port 5343): a one-way stream of (32-byte header, packet) pairs.
+
+Bytes are received straight into one reusable buffer (`BufferedProtocol`, i.e. recv_into) and
+written from it to the stream's file with no intermediate copy. The relay never writes on a
+data connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+import logging
+
+from pyrelayd.model.relay import Relay
+from pyrelayd.model.session import RelaySession
+from pyrelayd.model.stream import RelayStream, StreamError
+from pyrelayd.protocol import relayd as wire
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BUFFER_SIZE = 1 << 20
+
+
+class DataProtocol(asyncio.BufferedProtocol):
+    def __init__(self, relay: Relay, connections: set[asyncio.BaseProtocol]) -> None:
+        self.relay = relay
+        self.connections = connections
+        self.transport: asyncio.Transport | None = None
+        self.name = "data"
+        self.buffer = bytearray(RECEIVE_BUFFER_SIZE)
+        self.view = memoryview(self.buffer)
+        self.filled = 0  # bytes of an incomplete header kept at the start of the buffer
+        self.session: RelaySession | None = None
+        self.stream: RelayStream | None = None
+        self.header: wire.DataHeader | None = None
+        self.payload_left = 0
+        self.failed = False
+
+    # ----------------------------------------------------------------- asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.name = f"data {peer[0]}:{peer[1]}" if peer else "data"
+        self.connections.add(self)
+        log.info("%s: connected", self.name)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self._consume(self.filled + nbytes)
+        except (StreamError, wire.ProtocolError, OSError) as error:
+            log.warning("%s: %s", self.name, error)
+            self.abort()
+        except Exception:
+            log.exception("%s: internal error", self.name)
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if self.header is not None:
+            log.warning("%s: closed in the middle of packet %d of stream %d (%d bytes missing)",
+                        self.name, self.header.net_seq_num, self.header.stream_id,
+                        self.payload_left)
+        session, self.session = self.session, None
+        if session is not None:
+            if self.failed or exc is not None:
+                session.abort()
+            session.close()
+            session.put()
+        log.info("%s: disconnected", self.name)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.failed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ----------------------------------------------------------------- packets
+
+    def _consume(self, end: int) -> None:
+        view = self.view
+        position = 0
+        while position < end:
+            if self.header is None:
+                if end - position < wire.DATA_HEADER_SIZE:
+                    break
+                next_position = position + wire.DATA_HEADER_SIZE
+                self._start_packet(wire.DataHeader.decode(view[position:next_position]))
+                position = next_position
+                if self.payload_left == 0:
+                    self._end_packet()
+                continue
+            take = min(end - position, self.payload_left)
+            assert self.stream is not None
+            if not self.stream.closed:  # a stream aborted mid-packet drops the rest
+                self.stream.write(view[position : position + take])
+            position += take
+            self.payload_left -= take
+            if self.payload_left == 0:
+                self._end_packet()
+        # Keep the start of an incomplete header for the next read.
+        leftover = end - position
+        if leftover and position:
+            view[:leftover] = view[position:end]
+        self.filled = leftover
+
+    def _start_packet(self, header: wire.DataHeader) -> None:
+        stream = self.relay.find_stream(header.stream_id)
+        if stream is None or stream.is_metadata:
+            raise StreamError(f"packet for unknown stream {header.stream_id}")
+        if self.session is None:
+            # The first packet binds this connection to its session: losing the connection
+            # then closes the session's streams, as losing the control connection does.
+            self.session = stream.session.get()
+        elif stream.session is not self.session:
+            raise StreamError(f"stream {header.stream_id} belongs to another session")
+        stream.begin_packet(header.data_size)
+        self.stream = stream
+        self.header = header
+        self.payload_left = header.data_size
+
+    def _end_packet(self) -> None:
+        stream, header = self.stream, self.header
+        assert stream is not None and header is not None
+        self.stream = None
+        self.header = None
+        if stream.closed:
+            return
+        stream.end_packet(header.net_seq_num, header.data_size, header.padding_size)
+        if stream.close_requested:
+            stream.try_close()

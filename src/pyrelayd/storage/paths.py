@@ -1,0 +1,120 @@
+"""The only place that turns names received from the wire into paths.
+
+Every name a peer sends (session name, hostname, base path, stream path, channel name, chunk
+name) goes through one of the validators here before it touches the file system, so nothing
+can ever be created outside the output root.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pyrelayd.config import GroupOutputBy
+
+ARCHIVES_DIRECTORY = "archives"
+TMP_OLD_CHUNK = ".tmp_old_chunk"
+TMP_NEW_CHUNK = ".tmp_new_chunk"
+INDEX_DIRECTORY = "index"
+INDEX_SUFFIX = ".idx"
+METADATA_CHANNEL = "metadata"
+MAX_PATH = 4096
+
+
+class UnsafeNameError(ValueError):
+    """A name or path from a peer that would escape its directory or is malformed."""
+
+
+def check_component(name: str, what: str) -> str:
+    """A single path component: non-empty, no '/', no NUL, not starting with '.'."""
+    if not name:
+        raise UnsafeNameError(f"{what} is empty")
+    if "/" in name or "\0" in name:
+        raise UnsafeNameError(f"{what} {name!r} contains a path separator or NUL")
+    if name.startswith("."):
+        raise UnsafeNameError(f"{what} {name!r} starts with '.'")
+    if len(name.encode()) > 255:
+        raise UnsafeNameError(f"{what} is longer than 255 bytes")
+    return name
+
+
+def check_relative_path(path: str, what: str, *, allow_empty: bool = False) -> str:
+    """A relative path made of safe components; a leading '/' (old peers) is dropped.
+
+    Empty and '.' components are collapsed; '..' or hidden components are refused.
+    """
+    if "\0" in path:
+        raise UnsafeNameError(f"{what} contains NUL")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    for part in parts:
+        if part == ".." or part.startswith("."):
+            raise UnsafeNameError(f"{what} {path!r} has a '..' or hidden component")
+        check_component(part, what)
+    if not parts and not allow_empty:
+        raise UnsafeNameError(f"{what} is empty")
+    normal = "/".join(parts)
+    if len(normal.encode()) >= MAX_PATH:
+        raise UnsafeNameError(f"{what} is too long")
+    return normal
+
+
+def datetime_str(timestamp: int) -> str:
+    """`%Y%m%d-%H%M%S` in the relay's local time zone (session directory names)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(timestamp))
+
+
+def iso8601_str(timestamp: int) -> str:
+    """`%Y%m%dT%H%M%S%z` in local time (trace chunk names)."""
+    return time.strftime("%Y%m%dT%H%M%S%z", time.localtime(timestamp))
+
+
+def chunk_name(chunk_id: int, created: int, closed: int | None = None) -> str:
+    end = f"-{iso8601_str(closed)}" if closed is not None else ""
+    return f"{iso8601_str(created)}{end}-{chunk_id}"
+
+
+def check_chunk_name(name: str) -> str:
+    """An override chunk name (snapshots): one component, no '.' anywhere."""
+    if "." in name:
+        raise UnsafeNameError(f"chunk name {name!r} contains '.'")
+    return check_component(name, "chunk name")
+
+
+def session_output_path(
+    *,
+    session_name: str,
+    hostname: str,
+    base_path: str,
+    creation_time: int,
+    name_contains_creation_time: bool,
+    group_by: GroupOutputBy,
+) -> str:
+    """The session directory relative to the output root (peers speaking 2.11 and later)."""
+    check_component(session_name, "session name")
+    check_component(hostname, "hostname")
+    base = check_relative_path(base_path, "base path", allow_empty=True)
+    if group_by is GroupOutputBy.SESSION:
+        path = f"{session_name}/{hostname}-{datetime_str(creation_time)}"
+        return f"{path}/{base}" if base else path
+    if base:
+        return f"{hostname}/{base}"
+    if name_contains_creation_time:
+        return f"{hostname}/{session_name}"
+    return f"{hostname}/{session_name}-{datetime_str(creation_time)}"
+
+
+def stream_file_name(channel_name: str, tracefile_size: int, tracefile_index: int) -> str:
+    """`channel_N` or, when tracefiles are split, `channel_N_<index>`."""
+    if tracefile_size:
+        return f"{channel_name}_{tracefile_index}"
+    return channel_name
+
+
+def inside(root: Path, path: Path) -> Path:
+    """`path` after checking, with symlinks resolved, that it stays under `root`."""
+    resolved = Path(os.path.realpath(path))
+    real_root = Path(os.path.realpath(root))
+    if resolved != real_root and real_root not in resolved.parents:
+        raise UnsafeNameError(f"{path} is outside {root}")
+    return path
