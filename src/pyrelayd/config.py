@@ -13,6 +13,10 @@ DEFAULT_CONTROL_PORT = 5342
 DEFAULT_DATA_PORT = 5343
 DEFAULT_LIVE_PORT = 5344
 DEFAULT_NETWORK_SOCKET_TIMEOUT_MS = 0  # 0: no timeout (lttng's default is to wait forever)
+# --fd-pool-size bounds, as lttng-relayd: at least this many, and the relay keeps
+# RELAYD_FD_POOL_SIZE_RESERVE of the pool for transient uses (sockets being accepted, ...).
+RELAYD_MIN_FD_POOL_SIZE = 100
+RELAYD_FD_POOL_SIZE_RESERVE = 10
 
 
 class GroupOutputBy(enum.Enum):
@@ -53,11 +57,14 @@ class RelaydOptions:
     tracing_group: str = "tracing"
     working_directory: Path | None = None
     verbosity: int = 0
+    # --fd-pool-size as given (checked: >= RELAYD_MIN_FD_POOL_SIZE and <= the soft
+    # RLIMIT_NOFILE); None: the soft RLIMIT_NOFILE.
     fd_pool_size: int | None = None
     dynamic_port_allocation: bool = False
     pid_file: Path | None = None
     sig_parent: bool = False
     network_socket_timeout_ms: int = DEFAULT_NETWORK_SOCKET_TIMEOUT_MS
     tcp_keep_alive: TcpKeepAlive = TcpKeepAlive()
-    # Where port files (dynamic port allocation) go: the relay's run directory.
+    # The LTTng run directory ($LTTNG_RUNDIR, /var/run/lttng for root, else
+    # $LTTNG_HOME/.lttng); port files (dynamic port allocation) go to run_dir/relayd/.
     run_dir: Path = Path("/var/run/lttng")

@@ -7,6 +7,7 @@ exact control over what a relay receives. It speaks the same bytes as lttng-cons
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import struct
 import time
@@ -64,10 +65,8 @@ class RelaydProducer:
         for writer in (self._control[1] if self._control else None, self._data):
             if writer is not None:
                 writer.close()
-                try:
+                with contextlib.suppress(ConnectionError, OSError):
                     await writer.wait_closed()
-                except (ConnectionError, OSError):
-                    pass
         self._control = None
         self._data = None
 
@@ -155,7 +154,8 @@ class RelaydProducer:
     async def streams_sent(self) -> None:
         await self._expect_ok(Command.STREAMS_SENT, b"")
 
-    async def send_metadata(self, stream: ProducerStream, metadata: bytes, padding: int = 0) -> None:
+    async def send_metadata(self, stream: ProducerStream, metadata: bytes,
+                            padding: int = 0) -> None:
         header = wire.SendMetadataHeader(stream.handle, padding).encode()
         await self.request(Command.SEND_METADATA, header + metadata, None)
 

@@ -43,9 +43,7 @@ class TraceChunk:
             self.name = paths.chunk_name(chunk_id, creation_time)
         else:
             self.name = None  # chunk 0 is only named when it closes
-        if self.name_overridden:
-            path = self.name
-        elif path is None:
+        if self.name_overridden or path is None:
             path = self.name
         if path is None:
             raise ChunkError("a chunk without a name needs an explicit path")

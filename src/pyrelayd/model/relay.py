@@ -109,6 +109,11 @@ class Relay:
         """A new stream; its (empty) data file exists when this returns."""
         channel_name = paths.check_component(channel_name, "channel name")
         path_name = paths.check_relative_path(path_name, "stream path")
+        if self.settings.group_output_by is GroupOutputBy.SESSION and 4 <= session.minor < 11:
+            path_name = paths.check_relative_path(
+                paths.regroup_by_session(path_name, session.name, session.info.creation_time),
+                "stream path",
+            )
         if session.current_chunk is None:
             handle = self.next_stream_handle()
             raise RelayError(f"{session} has no current trace chunk", handle)

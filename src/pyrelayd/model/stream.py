@@ -121,7 +121,8 @@ class RelayStream:
 
     def _open_data_file(self, chunk: TraceChunk) -> None:
         self._close_data_file()
-        self.data_fd = chunk.create_file(self._data_file_path(), unlink_first=self.tracefile_wrapped)
+        path = self._data_file_path()
+        self.data_fd = chunk.create_file(path, unlink_first=self.tracefile_wrapped)
 
     def _close_data_file(self) -> None:
         files.close_quietly(self.data_fd)
@@ -135,7 +136,8 @@ class RelayStream:
     def _create_index_file(self, chunk: TraceChunk) -> None:
         self._drop_index_file()
         chunk.create_subdirectory(f"{self.path_name}/{paths.INDEX_DIRECTORY}")
-        relative = f"{self.path_name}/{paths.INDEX_DIRECTORY}/{self._file_name()}{paths.INDEX_SUFFIX}"
+        name = f"{self._file_name()}{paths.INDEX_SUFFIX}"
+        relative = f"{self.path_name}/{paths.INDEX_DIRECTORY}/{name}"
         # Always unlink first: a live reader keeps the old file's content.
         fd = chunk.create_file(relative, unlink_first=True)
         self.index_file = IndexFile(fd, index_minor_for(self.session.minor))

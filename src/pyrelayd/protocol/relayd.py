@@ -325,7 +325,8 @@ class AddStream:
     def encode(self, minor: int) -> bytes:
         if minor < 2:
             return self.FORMAT_2_1.pack(
-                _pack_fixed(self.channel_name, STREAM_NAME_LEN), _pack_fixed(self.pathname, PATH_MAX)
+                _pack_fixed(self.channel_name, STREAM_NAME_LEN),
+                _pack_fixed(self.pathname, PATH_MAX),
             )
         if minor < 11:
             return self.FORMAT_2_2.pack(

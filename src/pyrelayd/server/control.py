@@ -8,10 +8,12 @@ asyncio adapter that frames bytes into requests and streams SEND_METADATA payloa
 from __future__ import annotations
 
 import asyncio
-import typing
 import dataclasses
 import logging
 import struct
+import typing
+from collections.abc import Callable
+from typing import ClassVar
 
 from pyrelayd.model.chunk import ChunkError
 from pyrelayd.model.relay import Relay, RelayError
@@ -34,6 +36,7 @@ class Outcome:
 
 
 _CLOSE = Outcome(None, True)
+SessionCommand = Callable[["ControlHandler", RelaySession, bytes], Outcome]
 
 
 class ControlHandler:
@@ -331,7 +334,7 @@ class ControlHandler:
             return Outcome(wire.trace_chunk_exists_reply(error.code, False), True)
         return Outcome(wire.trace_chunk_exists_reply(ReturnCode.OK, exists))
 
-    _SESSION_COMMANDS = {
+    _SESSION_COMMANDS: ClassVar[dict[int, SessionCommand]] = {
         Command.ADD_STREAM: _add_stream,
         Command.STREAMS_SENT: _streams_sent,
         Command.CLOSE_STREAM: _close_stream,

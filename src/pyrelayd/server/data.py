@@ -8,8 +8,8 @@ data connection.
 from __future__ import annotations
 
 import asyncio
-import typing
 import logging
+import typing
 
 from pyrelayd.model.relay import Relay
 from pyrelayd.model.session import RelaySession

@@ -8,6 +8,7 @@ can ever be created outside the output root.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -118,3 +119,38 @@ def inside(root: Path, path: Path) -> Path:
     if resolved != real_root and real_root not in resolved.parents:
         raise UnsafeNameError(f"{path} is outside {root}")
     return path
+
+
+_DATETIME_SUFFIX = re.compile(r".*-[12][0-9]{3}[01][0-9][0-3][0-9]-[0-2][0-9][0-5][0-9][0-5][0-9]$")
+_DATETIME_LENGTH = 15  # YYYYmmdd-HHMMSS
+
+
+def regroup_by_session(path: str, session_name: str, creation_time: int) -> str:
+    """Rewrite a 2.4-2.10 peer's `HOST/NAME[-DATETIME]/rest` as `NAME/HOST-DATETIME/rest`.
+
+    Old peers send stream paths that start with the by-host layout; under
+    --group-output-by-session the first two components are regrouped. A second component that
+    does not start with the session name is a base path and is kept.
+    """
+    parts = [part for part in path.split("/") if part]
+    if len(parts) < 2:
+        raise UnsafeNameError(f"stream path {path!r} has no host and session components")
+    hostname, second, rest = parts[0], parts[1], "/".join(parts[2:])
+    base_path: str | None = None
+    if not second.startswith(session_name):
+        base_path, second = second, session_name
+    leftover = second[len(session_name) :]
+    datetime: str | None = None
+    if not leftover:
+        if _DATETIME_SUFFIX.match(session_name):
+            datetime = session_name[-_DATETIME_LENGTH:]
+        else:
+            datetime = datetime_str(creation_time)
+    elif len(leftover) == _DATETIME_LENGTH + 1 and _DATETIME_SUFFIX.match(leftover):
+        datetime = leftover[1:]
+    else:
+        base_path = second
+    directory = f"{session_name}/{hostname}" + (f"-{datetime}" if datetime else "")
+    if base_path:
+        directory += f"/{base_path}"
+    return f"{directory}/{rest}"
