@@ -1,0 +1,212 @@
+"""LTTng URLs: `PROTO://HOST[:PORT1[:PORT2]][/SUBDIR]` and `file:///PATH`.
+
+The grammar is the one `lttng-relayd -C/-D/-L` and `lttng create --set-url` accept:
+
+* `net://`, `net4://`, `net6://` name a control *and* a data port (`:CTRL:DATA`);
+* `tcp://`, `tcp4://`, `tcp6://` name one port;
+* `file://` names an absolute local path.
+
+Prefixes are case-insensitive. IPv6 literals go between brackets (`tcp6://[::1]:5342`). An
+omitted or empty port is 0, meaning "the default" (or "the OS picks" with dynamic port
+allocation). `parse_uri` only reads text; `listen_address` turns a URL into what a listener
+binds, resolving host names for the URL's address family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import socket
+
+from pyrelayd.config import ListenAddress
+
+MAX_PORT = 65535
+_LOOPBACK_IPV4 = "127.0.0.1"
+_LOOPBACK_IPV6 = "::1"
+
+
+class UriError(ValueError):
+    """A URL that cannot be used; the message is one line, without the URL itself."""
+
+
+class Scheme(enum.Enum):
+    NET = "net"  # control + data pair
+    TCP = "tcp"  # a single TCP endpoint
+    FILE = "file"  # a local path
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkUri:
+    """A `net*://` or `tcp*://` URL.
+
+    `ports` holds one port for TCP and two (control, data) for NET; 0 means not given.
+    `host` is as written (without brackets); it is resolved only by `listen_address`.
+    """
+
+    scheme: Scheme
+    ipv6: bool
+    host: str
+    ports: tuple[int, ...]
+    subdir: str = ""
+
+    @property
+    def port(self) -> int:
+        """The first (control) port: the only one a listener uses."""
+        return self.ports[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileUri:
+    """A `file://` URL: an absolute local path."""
+
+    path: str
+    scheme: Scheme = Scheme.FILE
+
+
+Uri = NetworkUri | FileUri
+
+# Longest prefixes need no special ordering: each one includes its "://".
+_PREFIXES: tuple[tuple[str, Scheme, bool], ...] = (
+    ("file://", Scheme.FILE, False),
+    ("net://", Scheme.NET, False),
+    ("net4://", Scheme.NET, False),
+    ("net6://", Scheme.NET, True),
+    ("tcp://", Scheme.TCP, False),
+    ("tcp4://", Scheme.TCP, False),
+    ("tcp6://", Scheme.TCP, True),
+)
+_SEPARATORS = ":/"
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse one URL; raise `UriError` naming what is wrong with it."""
+    for prefix, scheme, ipv6 in _PREFIXES:
+        if text[: len(prefix)].lower() == prefix:
+            rest = text[len(prefix) :]
+            if scheme is Scheme.FILE:
+                return _parse_file(rest)
+            return _parse_network(rest, scheme, ipv6)
+    if "://" in text:
+        raise UriError(f"unknown scheme '{text.split('://', 1)[0]}'")
+    raise UriError("missing scheme (expected e.g. tcp://HOST:PORT)")
+
+
+def _parse_file(rest: str) -> FileUri:
+    if not rest.startswith("/"):
+        raise UriError("a file:// URL needs an absolute path (file:///PATH)")
+    return FileUri(rest)
+
+
+def _parse_network(rest: str, scheme: Scheme, ipv6: bool) -> NetworkUri:
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise UriError("missing ']' after the bracketed address")
+        host = rest[1:end]
+        if not host:
+            raise UriError("empty address between brackets")
+        rest = rest[end + 1 :]
+        if rest and rest[0] not in _SEPARATORS:
+            raise UriError(f"unexpected '{rest}' after the bracketed address")
+    else:
+        end = _find_separator(rest)
+        host, rest = rest[:end], rest[end:]
+    if not host:
+        raise UriError("missing host")
+    _check_host(host, ipv6)
+
+    max_ports = 2 if scheme is Scheme.NET else 1
+    ports = [0] * max_ports
+    count = 0
+    while rest.startswith(":"):
+        if count == max_ports:
+            raise UriError(
+                f"too many ports: {scheme.value}:// takes {max_ports} "
+                f"({'CONTROL:DATA' if max_ports == 2 else 'PORT'})"
+            )
+        end = _find_separator(rest, 1)
+        ports[count] = _parse_port(rest[1:end])
+        count += 1
+        rest = rest[end:]
+
+    subdir = ""
+    if rest.startswith("/"):
+        subdir = rest[1:]
+    elif rest:
+        raise UriError(f"unexpected '{rest}' after the address")
+    return NetworkUri(scheme, ipv6, host, tuple(ports), subdir)
+
+
+def _find_separator(text: str, start: int = 0) -> int:
+    """Index of the first ':' or '/' at or after `start`, or len(text)."""
+    positions = [p for p in (text.find(sep, start) for sep in _SEPARATORS) if p >= 0]
+    return min(positions, default=len(text))
+
+
+def _parse_port(text: str) -> int:
+    if not text:
+        return 0
+    # Stricter than upstream's atoi(), which reads "80abc" as 80.
+    if not (text.isascii() and text.isdigit()):
+        raise UriError(f"invalid port '{text}' (expected a number from 1 to {MAX_PORT})")
+    port = int(text)
+    if port > MAX_PORT:
+        raise UriError(f"port {port} is out of range (1 to {MAX_PORT})")
+    return port
+
+
+def _check_host(host: str, ipv6: bool) -> None:
+    if any(ch.isspace() or not ch.isprintable() for ch in host):
+        raise UriError(f"invalid character in host '{host}'")
+    # A literal of the other family can never resolve; say so rather than "cannot resolve".
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if ipv6 and literal.version == 4:
+        raise UriError(f"'{host}' is an IPv4 address; use tcp:// or net:// for IPv4")
+    if not ipv6 and literal.version == 6:
+        raise UriError(f"'{host}' is an IPv6 address; use tcp6:// or net6:// for IPv6")
+
+
+def resolve_host(host: str, ipv6: bool) -> str:
+    """The numeric address `host` stands for in the given family (the first one found).
+
+    `localhost` falls back to the loopback address when the system does not define it for
+    that family (RFC 6761), as lttng does, so that a relay can start before the network is up.
+    """
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        infos = []
+    for _family, _type, _proto, _canonname, sockaddr in infos:
+        return str(sockaddr[0])
+    if host == "localhost":
+        return _LOOPBACK_IPV6 if ipv6 else _LOOPBACK_IPV4
+    raise UriError(f"cannot resolve host '{host}' to an IPv{6 if ipv6 else 4} address")
+
+
+def listen_address(
+    text: str,
+    default_port: int,
+    *,
+    dynamic_port_allocation: bool = False,
+    resolve: bool = True,
+) -> ListenAddress:
+    """What a relay listener given the URL `text` binds.
+
+    Only the first (control) URI of a `net://` URL is used and its subdirectory is ignored,
+    as lttng-relayd does. Port 0 becomes `default_port`, unless dynamic port allocation is
+    on: then it stays 0 and the OS picks. With `resolve`, host names become numeric
+    addresses of the URL's family, so a bad name fails at startup rather than at bind time.
+    """
+    uri = parse_uri(text)
+    if isinstance(uri, FileUri):
+        raise UriError("file:// URLs cannot be used for a listener (use tcp:// or net://)")
+    port = uri.port
+    if port == 0 and not dynamic_port_allocation:
+        port = default_port
+    host = resolve_host(uri.host, uri.ipv6) if resolve else uri.host
+    return ListenAddress(host=host, port=port, ipv6=uri.ipv6)
