@@ -167,6 +167,8 @@ class TraceChunk:
         if self.path != paths.TMP_OLD_CHUNK:
             self.rename_path(paths.TMP_OLD_CHUNK)
         os.rename(self.session_directory / self.path, archives / archived)
+        # Live viewers still reading this chunk find its files at their final place.
+        self.path = f"{paths.ARCHIVES_DIRECTORY}/{archived}"
         log.info("trace chunk %s archived as %s", self.id, archives / archived)
 
     def _delete(self) -> None:

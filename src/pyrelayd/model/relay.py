@@ -12,6 +12,7 @@ from pyrelayd.config import GroupOutputBy
 from pyrelayd.model.chunk import ChunkError, ChunkRegistry, TraceChunk
 from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.model.stream import RelayStream
+from pyrelayd.model.viewer import ViewerStream
 from pyrelayd.protocol.relayd import CloseCommand
 from pyrelayd.storage import files, paths
 
@@ -38,10 +39,17 @@ class Relay:
         self.settings = settings
         self.sessions: dict[int, RelaySession] = {}
         self.streams: dict[int, RelayStream] = {}
+        self.viewer_streams: dict[int, ViewerStream] = {}
         self.chunks = ChunkRegistry()
         self._last_session_id = 0
         self._last_stream_handle = 0
         self._last_trace_id = 0
+        self._last_viewer_id = 0
+
+    def next_viewer_id(self) -> int:
+        """The id a CONNECT reply gives a live command connection."""
+        self._last_viewer_id += 1
+        return self._last_viewer_id
 
     # ----------------------------------------------------------------- ids
 
@@ -101,6 +109,14 @@ class Relay:
 
     def live_sessions(self) -> Iterator[RelaySession]:
         yield from (s for s in self.sessions.values() if not s.connection_closed)
+
+    def rotation_ongoing(self, session: RelaySession) -> bool:
+        """A rotation of this session or of its twins (same sessiond session) is under way."""
+        if session.ongoing_rotation:
+            return True
+        key = session.registry_key
+        return any(other.ongoing_rotation and other.registry_key == key
+                   for other in self.sessions.values())
 
     # ----------------------------------------------------------------- streams
 

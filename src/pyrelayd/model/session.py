@@ -14,6 +14,7 @@ from pyrelayd.model.trace import CtfTrace
 if TYPE_CHECKING:
     from pyrelayd.model.relay import Relay
     from pyrelayd.model.stream import RelayStream
+    from pyrelayd.model.viewer import ViewerSession
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class RelaySession:
         self.connection_closed = False
         self.aborted = False
         self.new_streams = False
-        self.viewer_attached = False
+        self.viewer: ViewerSession | None = None  # the live viewer attached, if any
         # Holders: the creating control connection, bound data connections, open streams.
         self.references = 1
         self.released = False
@@ -110,9 +111,10 @@ class RelaySession:
     def publish_streams(self) -> None:
         for stream in self.unpublished:
             stream.trace.publish(stream)
-        if self.unpublished and self.viewer_attached:
+        published, self.unpublished = self.unpublished, []
+        if published and self.viewer is not None:
             self.new_streams = True
-        self.unpublished.clear()
+            self.viewer.streams_published(self)
 
     def stream_closed(self, stream: RelayStream) -> None:
         self.streams.pop(stream.handle, None)

@@ -83,6 +83,7 @@ class RelayStream:
         self.metadata_received = 0
         self.rotation: PendingRotation | None = None
         self.completed_rotation_count = 0
+        self.last_rotation_was_to_null_chunk = False
         self.tracefile_array = TracefileArray(self.tracefile_count)
         self.close_requested = False
         self.closed = False
@@ -176,6 +177,8 @@ class RelayStream:
         if self.session.has_indexes:
             index_flushed = self._add_data_half(net_seq_num, total)
         self.file_bytes += total
+        if self.prev_data_seq == UINT64_MAX:
+            self.session.new_streams = True  # live viewers look for new streams
         if index_flushed:
             self.pos_after_last_complete_data_index = self.file_bytes
             self.prev_index_seq = net_seq_num
@@ -374,6 +377,7 @@ class RelayStream:
         self.chunk = rotation.next_chunk
         self.rotation = None
         self.completed_rotation_count += 1
+        self.last_rotation_was_to_null_chunk = rotation.next_chunk is None
 
     # ----------------------------------------------------------------- closing
 

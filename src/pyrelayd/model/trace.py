@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyrelayd.model.session import RelaySession
     from pyrelayd.model.stream import RelayStream
+    from pyrelayd.model.viewer import ViewerStream
 
 
 class CtfTrace:
@@ -16,7 +17,8 @@ class CtfTrace:
         self.path = path
         # Published streams: visible to live viewers (after STREAMS_SENT).
         self.streams: list[RelayStream] = []
-        self.metadata_stream: RelayStream | None = None
+        self.viewer_metadata_stream: ViewerStream | None = None
+        self.metadata_sent_to_viewer = False
 
     def __repr__(self) -> str:
         return f"CtfTrace({self.id}, {self.path!r})"
@@ -25,8 +27,9 @@ class CtfTrace:
         if not stream.published:
             stream.published = True
             self.streams.append(stream)
-            if stream.is_metadata:
-                self.metadata_stream = stream
+
+    def metadata_stream_published(self) -> RelayStream | None:
+        return next((stream for stream in self.streams if stream.is_metadata), None)
 
     def stream_closed(self, stream: RelayStream) -> None:
         if stream.published:
