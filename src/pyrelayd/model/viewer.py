@@ -13,7 +13,6 @@ quirks of upstream left out (see docs/architecture.md).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import errno
 import logging
 import os
@@ -22,6 +21,15 @@ from typing import TYPE_CHECKING
 
 from pyrelayd.model.chunk import TraceChunk
 from pyrelayd.protocol.index import HEADER, IndexFormatError, IndexHeader, PacketIndex
+from pyrelayd.protocol.viewer import (
+    AttachStatus,
+    DetachStatus,
+    IndexStatus,
+    MetadataStatus,
+    NewStreamsStatus,
+    Seek,
+    ViewerFlag,
+)
 from pyrelayd.storage import files, paths
 
 if TYPE_CHECKING:
@@ -33,55 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
-FLAG_NEW_METADATA = 0x1
-FLAG_NEW_STREAM = 0x2
-
-
-class Seek(enum.IntEnum):
-    BEGINNING = 1
-    LAST = 2
-
-
-class AttachStatus(enum.IntEnum):
-    OK = 1
-    ALREADY = 2
-    UNK = 3
-    NOT_LIVE = 4
-    SEEK_ERR = 5
-    NO_SESSION = 6
-
-
-class IndexStatus(enum.IntEnum):
-    OK = 1
-    RETRY = 2
-    HUP = 3
-    ERR = 4
-    INACTIVE = 5
-
-
-class PacketStatus(enum.IntEnum):
-    OK = 1
-    RETRY = 2
-    ERR = 3
-
-
-class MetadataStatus(enum.IntEnum):
-    OK = 1
-    NO_NEW = 2
-    ERR = 3
-
-
-class NewStreamsStatus(enum.IntEnum):
-    OK = 1
-    NO_NEW = 2
-    ERR = 3
-    HUP = 4
-
-
-class DetachStatus(enum.IntEnum):
-    OK = 1
-    UNK = 2
-    ERR = 3
 
 
 def chunk_ids_equal(a: TraceChunk | None, b: TraceChunk | None) -> bool:
@@ -95,7 +54,7 @@ def chunk_ids_equal(a: TraceChunk | None, b: TraceChunk | None) -> bool:
 @dataclasses.dataclass(frozen=True, slots=True)
 class NextIndex:
     status: IndexStatus
-    flags: int = 0
+    flags: ViewerFlag = ViewerFlag(0)
     index: PacketIndex | None = None  # OK: the packet; INACTIVE: timestamp_end and stream_id
 
 
@@ -371,13 +330,13 @@ class ViewerSession:
 
     # ----------------------------------------------------------------- GET_NEXT_INDEX
 
-    def _flags(self, viewer_stream: ViewerStream, new_streams: bool) -> int:
-        flags = FLAG_NEW_STREAM if new_streams else 0
+    def _flags(self, viewer_stream: ViewerStream, new_streams: bool) -> ViewerFlag:
+        flags = ViewerFlag.NEW_STREAM if new_streams else ViewerFlag(0)
         metadata = viewer_stream.trace.viewer_metadata_stream
         if metadata is not None:
             received = metadata.stream.metadata_received
             if received == 0 or received > metadata.metadata_sent:
-                flags |= FLAG_NEW_METADATA
+                flags |= ViewerFlag.NEW_METADATA
         return flags
 
     def get_next_index(self, handle: int) -> NextIndex:
@@ -487,7 +446,7 @@ class ViewerSession:
         if viewer_stream.metadata_sent >= stream.metadata_received:
             if viewer_stream.metadata_sent > 0 and stream.closed:
                 self._drop(viewer_stream)
-            return MetadataStatus.NO_NEW, b""
+            return MetadataStatus.NO_NEW_METADATA, b""
         if stream.chunk is not None and not chunk_ids_equal(self.chunk, stream.chunk):
             self.chunk = stream.chunk
         if not chunk_ids_equal(self.chunk, viewer_stream.chunk):
@@ -497,7 +456,7 @@ class ViewerSession:
         if viewer_stream.chunk is None:
             if stream.session.connection_closed:
                 self._drop(viewer_stream)
-            return MetadataStatus.NO_NEW, b""
+            return MetadataStatus.NO_NEW_METADATA, b""
         if viewer_stream.data_fd is None:
             try:
                 viewer_stream.data_fd = os.open(
@@ -505,7 +464,7 @@ class ViewerSession:
             except FileNotFoundError:
                 if stream.closed:
                     self._drop(viewer_stream)
-                return MetadataStatus.NO_NEW, b""
+                return MetadataStatus.NO_NEW_METADATA, b""
             except OSError:
                 return MetadataStatus.ERR, b""
             # A new chunk's metadata file repeats what was sent: resume after it.
@@ -515,7 +474,7 @@ class ViewerSession:
             # A clear raced with us: the file restarted. Say "nothing new" (never OK with 0
             # bytes, which babeltrace 2.0 treats as fatal) and read it again next time.
             viewer_stream.close_files()
-            return MetadataStatus.NO_NEW, b""
+            return MetadataStatus.NO_NEW_METADATA, b""
         viewer_stream.metadata_position += length
         viewer_stream.metadata_sent += length
         return MetadataStatus.OK, data

@@ -13,6 +13,7 @@ from pyrelayd.config import ListenAddress, RelaydOptions, TcpKeepAlive
 from pyrelayd.model.relay import Relay, RelaySettings
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
+from pyrelayd.server.live import LiveServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RelayDaemon:
         self.servers: list[asyncio.base_events.Server] = []
         self.ports: dict[str, int] = {}
         self._stopping = asyncio.Event()
+        self.live: LiveServer | None = None
 
     async def _listen(self, name: str, address: ListenAddress,
                       factory: Callable[[], asyncio.BaseProtocol]) -> None:
@@ -77,6 +79,23 @@ class RelayDaemon:
 
         await self._listen("control", self.options.control, control)
         await self._listen("data", self.options.data, data)
+        self.live = LiveServer(self.relay, self._live_listener(self.options.live))
+        self.live.start()
+
+    def _live_listener(self, address: ListenAddress) -> socket.socket:
+        family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
+        infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        self.ports["live"] = sock.getsockname()[1]
+        log.info("live listening on %s port %d", address.host, self.ports["live"])
+        return sock
 
     def stop(self) -> None:
         self._stopping.set()
@@ -92,6 +111,8 @@ class RelayDaemon:
         log.info("shutting down")
         for server in self.servers:
             server.close()
+        if self.live is not None:
+            await self.live.stop()
         for connection in list(self.connections):
             abort = getattr(connection, "abort", None)
             if abort is not None:
