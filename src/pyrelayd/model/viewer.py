@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+NO_FLAGS = ViewerFlag(0)
 
 
 def chunk_ids_equal(a: TraceChunk | None, b: TraceChunk | None) -> bool:
@@ -54,7 +55,7 @@ def chunk_ids_equal(a: TraceChunk | None, b: TraceChunk | None) -> bool:
 @dataclasses.dataclass(frozen=True, slots=True)
 class NextIndex:
     status: IndexStatus
-    flags: ViewerFlag = ViewerFlag(0)
+    flags: ViewerFlag = NO_FLAGS
     index: PacketIndex | None = None  # OK: the packet; INACTIVE: timestamp_end and stream_id
 
 
@@ -331,7 +332,7 @@ class ViewerSession:
     # ----------------------------------------------------------------- GET_NEXT_INDEX
 
     def _flags(self, viewer_stream: ViewerStream, new_streams: bool) -> ViewerFlag:
-        flags = ViewerFlag.NEW_STREAM if new_streams else ViewerFlag(0)
+        flags = ViewerFlag.NEW_STREAM if new_streams else NO_FLAGS
         metadata = viewer_stream.trace.viewer_metadata_stream
         if metadata is not None:
             received = metadata.stream.metadata_received
@@ -426,7 +427,9 @@ class ViewerSession:
     def get_packet(self, handle: int, offset: int, length: int) -> PacketRange | None:
         """The bytes to send, or None for an ERR reply (nothing past the end of the file)."""
         viewer_stream = self._lookup(handle)
-        if viewer_stream is None or viewer_stream.data_fd is None or viewer_stream.stream.is_metadata:
+        if viewer_stream is None or viewer_stream.stream.is_metadata:
+            return None
+        if viewer_stream.data_fd is None:
             return None
         try:
             size = os.fstat(viewer_stream.data_fd).st_size
