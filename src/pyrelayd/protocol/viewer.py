@@ -1,0 +1,799 @@
+"""Sans-IO codec of the LTTng live viewer protocol (the relay's live port, 5344).
+
+Both directions are here: a relay decodes requests and encodes replies, a viewer encodes
+requests and decodes replies. Nothing touches a socket. The byte layouts, codes and semantics
+are documented in /work/shared/protocol/live-viewer.md (from lttng-tools 2.13.9
+`lttng-viewer-abi.h`); every integer is big-endian and every struct packed.
+
+Conventions:
+
+* A request is a 16-byte `CommandHeader` then a fixed-size payload (`REQUEST_PAYLOAD_SIZE`);
+  the relay reads exactly that many bytes whatever `data_size` says, then `decode_request`.
+* A reply class has `missing(buffer, minor)`, the number of bytes still needed before
+  `decode(buffer, minor)` can succeed (0 when complete), so a reader loops
+  `while (n := Reply.missing(buf)): buf += read(n)` without knowing the layout. `minor` is the
+  negotiated viewer protocol minor; only LIST_SESSIONS depends on it (>= 15: 2.15 entries).
+* Request fields the relay must judge itself (CONNECT major/type, ATTACH seek) stay plain
+  integers; decoding never rejects them. Reply statuses decode to their IntEnum and an unknown
+  value is a `ProtocolError` (viewers treat unknown statuses as fatal).
+* Fixed `char[]` fields: encoding a string that does not fit with its NUL (or that contains a
+  NUL) raises `ValueError`; decoding a field without NUL raises `ProtocolError`. Bytes after
+  the first NUL are ignored, as in C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Mapping
+from typing import ClassVar, Self, TypeVar
+
+from pyrelayd.protocol.relayd import ProtocolError as ProtocolError  # one error type for both
+from pyrelayd.protocol.relayd import ReturnCode
+
+VERSION_MAJOR = 2
+#: The minor a relay announces in its CONNECT reply: its own (lttng-relayd 2.13 sends 13).
+RELAY_VERSION_MINOR = 13
+#: The minor babeltrace2 2.0.x sends; what `pyrelayd.client` sends by default.
+BABELTRACE_VERSION_MINOR = 4
+#: From this negotiated minor on, LIST_SESSIONS entries use the 2.15 variable-size layout.
+LIST_SESSIONS_2_15_MINOR = 15
+DEFAULT_LIVE_PORT = 5344
+
+# Field limits (LTTNG_VIEWER_PATH_MAX, _NAME_MAX, _HOST_NAME_MAX), unchanged since 2.4.
+PATH_MAX = 4096
+NAME_MAX = 255
+HOST_NAME_MAX = 64
+
+#: babeltrace2 reads a packet with GET_PACKET requests of at most this many bytes.
+PACKET_PIECE_SIZE = 256 * 1024
+#: The largest GET_PACKET `len` a relay should serve (it answers ERR above). Viewers ask for
+#: 256 KiB pieces (babeltrace2) or a whole packet (lttng's own test client); a sub-buffer,
+#: hence a packet, above 64 MiB is unheard of, and this bounds what one request allocates.
+MAX_PACKET_REQUEST = 64 * 1024 * 1024
+#: The largest GET_METADATA reply a viewer accepts (a whole kernel trace's TSDL is a few MiB).
+MAX_METADATA_LENGTH = 256 * 1024 * 1024
+#: The largest session or stream count a viewer accepts in one reply.
+MAX_RECORDS_PER_REPLY = 1 << 20
+
+_UINT32 = struct.Struct(">I")
+_E = TypeVar("_E", bound=enum.IntEnum)
+UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+#: The 4-byte `lttcomm_relayd_generic_reply` sent for an unknown command before closing.
+UNKNOWN_COMMAND_REPLY = _UINT32.pack(ReturnCode.UNK)
+
+
+# --------------------------------------------------------------------------- codes
+
+
+class Command(enum.IntEnum):
+    CONNECT = 1
+    LIST_SESSIONS = 2
+    ATTACH_SESSION = 3
+    GET_NEXT_INDEX = 4
+    GET_PACKET = 5
+    GET_METADATA = 6
+    GET_NEW_STREAMS = 7
+    CREATE_SESSION = 8
+    DETACH_SESSION = 9
+
+
+class ConnectionType(enum.IntEnum):
+    COMMAND = 1
+    NOTIFICATION = 2
+
+
+class Seek(enum.IntEnum):
+    BEGINNING = 1
+    LAST = 2
+
+
+class ViewerFlag(enum.IntFlag):
+    """Flags of GET_NEXT_INDEX and GET_PACKET replies; unknown bits are kept."""
+
+    NEW_METADATA = 0x1
+    NEW_STREAM = 0x2
+
+
+NO_FLAGS = ViewerFlag(0)
+
+
+class AttachStatus(enum.IntEnum):
+    OK = 1
+    ALREADY = 2
+    UNK = 3
+    NOT_LIVE = 4
+    SEEK_ERR = 5
+    NO_SESSION = 6
+
+
+class IndexStatus(enum.IntEnum):
+    OK = 1
+    RETRY = 2
+    HUP = 3
+    ERR = 4
+    INACTIVE = 5
+    EOF = 6  # never sent by a 2.8+ relay
+
+
+class PacketStatus(enum.IntEnum):
+    OK = 1
+    RETRY = 2  # never sent by a 2.8+ relay
+    ERR = 3
+    EOF = 4  # never sent by a 2.8+ relay
+
+
+class MetadataStatus(enum.IntEnum):
+    OK = 1
+    NO_NEW_METADATA = 2
+    ERR = 3
+
+
+class NewStreamsStatus(enum.IntEnum):
+    OK = 1
+    NO_NEW = 2
+    ERR = 3
+    HUP = 4
+
+
+class CreateSessionStatus(enum.IntEnum):
+    OK = 1
+    ERR = 2
+
+
+class DetachStatus(enum.IntEnum):
+    OK = 1
+    UNK = 2
+    ERR = 3
+
+
+class TraceFormat(enum.IntEnum):
+    """`lttng_live_trace_format` of 2.15 LIST_SESSIONS entries (not the public enum)."""
+
+    CTF_1_8 = 0
+    CTF_2 = 1
+
+
+def negotiated_minor(viewer_minor: int, relay_minor: int) -> int:
+    """Both sides use the smaller of the two minors, each computing it on its own."""
+    return min(viewer_minor, relay_minor)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pack_fixed(text: str, size: int, what: str) -> bytes:
+    raw = text.encode()
+    if b"\0" in raw:
+        raise ValueError(f"{what} {text!r} contains a NUL byte")
+    if len(raw) >= size:
+        raise ValueError(f"{what} {text!r} does not fit in {size} bytes with its NUL")
+    return raw.ljust(size, b"\0")
+
+
+def _unpack_fixed(raw: bytes, what: str) -> str:
+    end = raw.find(0)
+    if end < 0:
+        raise ProtocolError(f"{what} is not NUL-terminated within its {len(raw)} bytes")
+    return _decode_text(raw[:end], what)
+
+
+def _decode_text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"{what} is not valid UTF-8") from error
+
+
+def _code(kind: type[_E], value: int, what: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ProtocolError(f"unknown {what} status {value}") from None
+
+
+def _exact(buffer: bytes, size: int, what: str) -> None:
+    if len(buffer) != size:
+        raise ProtocolError(f"{what}: {len(buffer)} bytes, expected {size}")
+
+
+def _fixed_missing(buffer: bytes, size: int) -> int:
+    return max(size - len(buffer), 0)
+
+
+def _check_count(count: int, what: str) -> None:
+    if count > MAX_RECORDS_PER_REPLY:
+        raise ProtocolError(f"{what}: {count} records announced, at most {MAX_RECORDS_PER_REPLY}")
+
+
+# --------------------------------------------------------------------------- header
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandHeader:
+    """`lttng_viewer_cmd`: sent before every request. Relays ignore `data_size`."""
+
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">QII")  # data_size, cmd, cmd_version
+    command: int
+    data_size: int = 0
+    command_version: int = 0
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        _exact(raw, cls.FORMAT.size, "command header")
+        data_size, command, command_version = cls.FORMAT.unpack(raw)
+        return cls(command, data_size, command_version)
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.data_size, self.command, self.command_version)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connect:
+    """`lttng_viewer_connect`: the CONNECT request payload and its reply (same 20 bytes).
+
+    Request: `viewer_session_id` is ignored (babeltrace sends all-ones), `connection_type` is
+    a `ConnectionType`. Reply: the relay's id for a COMMAND connection (0 for NOTIFICATION),
+    its own major/minor, and `connection_type` 0.
+    """
+
+    COMMAND: ClassVar[Command] = Command.CONNECT
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">QIII")
+    viewer_session_id: int = UINT64_MAX
+    major: int = VERSION_MAJOR
+    minor: int = BABELTRACE_VERSION_MINOR
+    connection_type: int = ConnectionType.COMMAND
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _fixed_missing(buffer, cls.FORMAT.size)
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        _exact(buffer, cls.FORMAT.size, "CONNECT")
+        return cls(*cls.FORMAT.unpack(buffer))
+
+    def encode(self, minor: int = 0) -> bytes:
+        return self.FORMAT.pack(self.viewer_session_id, self.major, self.minor,
+                                self.connection_type)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListSessions:
+    COMMAND: ClassVar[Command] = Command.LIST_SESSIONS
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, 0, "LIST_SESSIONS")
+        return cls()
+
+    def encode(self) -> bytes:
+        return b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreateSession:
+    COMMAND: ClassVar[Command] = Command.CREATE_SESSION
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, 0, "CREATE_SESSION")
+        return cls()
+
+    def encode(self) -> bytes:
+        return b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttachSession:
+    """`seek` is a raw integer: a relay answers SEEK_ERR to values other than 1 and 2."""
+
+    COMMAND: ClassVar[Command] = Command.ATTACH_SESSION
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQI")
+    session_id: int
+    seek: int = Seek.LAST
+    offset: int = 0  # unused by every relay
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, cls.FORMAT.size, "ATTACH_SESSION")
+        session_id, offset, seek = cls.FORMAT.unpack(payload)
+        return cls(session_id, seek, offset)
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.session_id, self.offset, self.seek)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GetNextIndex:
+    COMMAND: ClassVar[Command] = Command.GET_NEXT_INDEX
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    stream_id: int  # viewer stream id
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, cls.FORMAT.size, "GET_NEXT_INDEX")
+        return cls(*cls.FORMAT.unpack(payload))
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.stream_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GetPacket:
+    """Read `length` bytes at `offset` of the stream's current data file."""
+
+    COMMAND: ClassVar[Command] = Command.GET_PACKET
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQI")
+    stream_id: int
+    offset: int
+    length: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, cls.FORMAT.size, "GET_PACKET")
+        return cls(*cls.FORMAT.unpack(payload))
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.stream_id, self.offset, self.length)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GetMetadata:
+    COMMAND: ClassVar[Command] = Command.GET_METADATA
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    stream_id: int  # the metadata viewer stream id
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, cls.FORMAT.size, "GET_METADATA")
+        return cls(*cls.FORMAT.unpack(payload))
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.stream_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GetNewStreams:
+    COMMAND: ClassVar[Command] = Command.GET_NEW_STREAMS
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    session_id: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, cls.FORMAT.size, "GET_NEW_STREAMS")
+        return cls(*cls.FORMAT.unpack(payload))
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.session_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetachSession:
+    COMMAND: ClassVar[Command] = Command.DETACH_SESSION
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    session_id: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Self:
+        _exact(payload, cls.FORMAT.size, "DETACH_SESSION")
+        return cls(*cls.FORMAT.unpack(payload))
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(self.session_id)
+
+
+Request = (
+    Connect | ListSessions | AttachSession | GetNextIndex | GetPacket | GetMetadata
+    | GetNewStreams | CreateSession | DetachSession
+)
+
+REQUEST_TYPES: Mapping[Command, type[Request]] = {
+    request.COMMAND: request
+    for request in (
+        Connect, ListSessions, AttachSession, GetNextIndex, GetPacket, GetMetadata,
+        GetNewStreams, CreateSession, DetachSession,
+    )
+}
+
+#: The payload a relay reads after the header of each command, whatever `data_size` says.
+REQUEST_PAYLOAD_SIZE: Mapping[Command, int] = {
+    command: request.FORMAT.size for command, request in REQUEST_TYPES.items()
+}
+
+
+def decode_request(command: int, payload: bytes) -> Request:
+    """The typed request for a command number and its fixed payload.
+
+    An unknown command raises `ProtocolError` whose `reply` is the 4-byte LTTNG_ERR_UNK the
+    relay sends before closing the connection.
+    """
+    try:
+        kind = REQUEST_TYPES[Command(command)]
+    except ValueError:
+        raise ProtocolError(f"unknown viewer command {command}",
+                            reply=UNKNOWN_COMMAND_REPLY) from None
+    return kind.decode(payload)
+
+
+def encode_request(request: Request) -> bytes:
+    """Header and payload of one request, in one buffer (viewers send them in one write)."""
+    payload = request.encode()
+    return CommandHeader(request.COMMAND, len(payload)).encode() + payload
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One LIST_SESSIONS entry: a relay session (`lttng_viewer_session`).
+
+    Up to minor 14 the 339-byte 2.4 layout with fixed string fields; from 15 the 2.15 layout
+    (32 fixed bytes, then the hostname and session name without terminators).
+    """
+
+    FORMAT_2_4: ClassVar[struct.Struct] = struct.Struct(f">QIII{HOST_NAME_MAX}s{NAME_MAX}s")
+    FORMAT_2_15: ClassVar[struct.Struct] = struct.Struct(">QIIIIII")
+    id: int
+    live_timer: int  # µs; 0 for a session that is not live
+    clients: int  # 1 when a viewer is attached
+    streams: int
+    hostname: str
+    session_name: str
+    trace_format: TraceFormat = TraceFormat.CTF_1_8  # only carried by 2.15 entries
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int) -> int:
+        """Bytes still needed for the entry starting at the beginning of `buffer`."""
+        if minor < LIST_SESSIONS_2_15_MINOR:
+            return _fixed_missing(buffer, cls.FORMAT_2_4.size)
+        if len(buffer) < cls.FORMAT_2_15.size:
+            return cls.FORMAT_2_15.size - len(buffer)
+        host_len, name_len = cls._string_lengths(buffer)
+        return _fixed_missing(buffer, cls.FORMAT_2_15.size + host_len + name_len)
+
+    @classmethod
+    def _string_lengths(cls, buffer: bytes) -> tuple[int, int]:
+        *_, host_len, name_len, _format = cls.FORMAT_2_15.unpack_from(buffer)
+        if host_len >= HOST_NAME_MAX or name_len >= NAME_MAX:
+            raise ProtocolError(f"session entry string lengths {host_len}/{name_len} too long")
+        return host_len, name_len
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int) -> Self:
+        if minor < LIST_SESSIONS_2_15_MINOR:
+            _exact(buffer, cls.FORMAT_2_4.size, "session entry")
+            sid, timer, clients, streams, host, name = cls.FORMAT_2_4.unpack(buffer)
+            return cls(sid, timer, clients, streams, _unpack_fixed(host, "hostname"),
+                       _unpack_fixed(name, "session name"))
+        _exact(buffer[: cls.FORMAT_2_15.size], cls.FORMAT_2_15.size, "session entry")
+        host_len, name_len = cls._string_lengths(buffer)
+        _exact(buffer, cls.FORMAT_2_15.size + host_len + name_len, "session entry")
+        sid, timer, clients, streams, _, _, trace_format = cls.FORMAT_2_15.unpack_from(buffer)
+        host = buffer[cls.FORMAT_2_15.size : cls.FORMAT_2_15.size + host_len]
+        name = buffer[cls.FORMAT_2_15.size + host_len :]
+        if 0 in host or 0 in name:
+            raise ProtocolError("session entry string contains a NUL byte")
+        return cls(sid, timer, clients, streams, _decode_text(host, "hostname"),
+                   _decode_text(name, "session name"),
+                   _code(TraceFormat, trace_format, "trace format"))
+
+    def encode(self, minor: int) -> bytes:
+        if minor < LIST_SESSIONS_2_15_MINOR:
+            if self.trace_format != TraceFormat.CTF_1_8:
+                raise ValueError("a CTF 2 session cannot be listed to a viewer of minor < 15")
+            return self.FORMAT_2_4.pack(
+                self.id, self.live_timer, self.clients, self.streams,
+                _pack_fixed(self.hostname, HOST_NAME_MAX, "hostname"),
+                _pack_fixed(self.session_name, NAME_MAX, "session name"),
+            )
+        # Same limits as the fixed fields, so a name is listable in both layouts.
+        host = _pack_fixed(self.hostname, HOST_NAME_MAX, "hostname").rstrip(b"\0")
+        name = _pack_fixed(self.session_name, NAME_MAX, "session name").rstrip(b"\0")
+        return self.FORMAT_2_15.pack(
+            self.id, self.live_timer, self.clients, self.streams, len(host), len(name),
+            self.trace_format,
+        ) + host + name
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """`lttng_viewer_stream`: one stream announced by ATTACH_SESSION or GET_NEW_STREAMS."""
+
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(f">QQI{PATH_MAX}s{NAME_MAX}s")
+    id: int  # viewer stream id (the relay stream handle)
+    ctf_trace_id: int  # groups a trace's metadata stream with its data streams
+    is_metadata: bool
+    path_name: str  # trace path relative to the session output, e.g. ust/uid/1000/64-bit
+    channel_name: str  # file name stem, e.g. channel0_0 or metadata
+
+    @classmethod
+    def decode(cls, buffer: bytes) -> Self:
+        _exact(buffer, cls.FORMAT.size, "stream entry")
+        sid, trace_id, metadata_flag, path, channel = cls.FORMAT.unpack(buffer)
+        return cls(sid, trace_id, metadata_flag != 0, _unpack_fixed(path, "path name"),
+                   _unpack_fixed(channel, "channel name"))
+
+    def encode(self) -> bytes:
+        return self.FORMAT.pack(
+            self.id, self.ctf_trace_id, int(self.is_metadata),
+            _pack_fixed(self.path_name, PATH_MAX, "path name"),
+            _pack_fixed(self.channel_name, NAME_MAX, "channel name"),
+        )
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionList:
+    """LIST_SESSIONS reply: `sessions_count` then the entries back to back."""
+
+    HEADER: ClassVar[struct.Struct] = _UINT32
+    sessions: tuple[SessionInfo, ...] = ()
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = BABELTRACE_VERSION_MINOR) -> int:
+        return cls._entries(buffer, minor)[0]
+
+    @classmethod
+    def _entries(cls, buffer: bytes, minor: int) -> tuple[int, list[tuple[int, int]]]:
+        """(bytes missing, (start, end) of each complete entry) of what `buffer` holds."""
+        if len(buffer) < cls.HEADER.size:
+            return cls.HEADER.size - len(buffer), []
+        (count,) = cls.HEADER.unpack_from(buffer)
+        _check_count(count, "LIST_SESSIONS")
+        if minor < LIST_SESSIONS_2_15_MINOR:
+            size = SessionInfo.FORMAT_2_4.size
+            need = _fixed_missing(buffer, cls.HEADER.size + count * size)
+            starts = range(cls.HEADER.size, cls.HEADER.size + count * size, size)
+            return need, [] if need else [(start, start + size) for start in starts]
+        spans: list[tuple[int, int]] = []
+        start = cls.HEADER.size
+        for _ in range(count):
+            need = SessionInfo.missing(buffer[start:], minor)
+            if need:
+                return need, spans
+            size = SessionInfo.FORMAT_2_15.size + sum(SessionInfo._string_lengths(buffer[start:]))
+            spans.append((start, start + size))
+            start += size
+        return 0, spans
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = BABELTRACE_VERSION_MINOR) -> Self:
+        need, spans = cls._entries(buffer, minor)
+        if need:
+            raise ProtocolError(f"LIST_SESSIONS reply: {need} bytes missing")
+        end = spans[-1][1] if spans else cls.HEADER.size
+        if end != len(buffer):
+            raise ProtocolError(f"LIST_SESSIONS reply: {len(buffer) - end} trailing bytes")
+        return cls(tuple(SessionInfo.decode(buffer[start:end], minor) for start, end in spans))
+
+    def encode(self, minor: int = BABELTRACE_VERSION_MINOR) -> bytes:
+        return self.HEADER.pack(len(self.sessions)) + b"".join(
+            session.encode(minor) for session in self.sessions)
+
+
+# ATTACH_SESSION and GET_NEW_STREAMS replies share one layout: status, count, stream records.
+_STREAM_LIST_HEADER = struct.Struct(">II")
+
+
+def _stream_list_missing(buffer: bytes, what: str) -> int:
+    if len(buffer) < _STREAM_LIST_HEADER.size:
+        return _STREAM_LIST_HEADER.size - len(buffer)
+    _status, count = _STREAM_LIST_HEADER.unpack_from(buffer)
+    _check_count(count, what)
+    return _fixed_missing(buffer, _STREAM_LIST_HEADER.size + count * StreamInfo.FORMAT.size)
+
+
+def _decode_stream_list(buffer: bytes, what: str) -> tuple[int, tuple[StreamInfo, ...]]:
+    if len(buffer) < _STREAM_LIST_HEADER.size:
+        raise ProtocolError(f"{what} reply: {len(buffer)} bytes")
+    status, count = _STREAM_LIST_HEADER.unpack_from(buffer)
+    _check_count(count, what)
+    size = StreamInfo.FORMAT.size
+    _exact(buffer, _STREAM_LIST_HEADER.size + count * size, f"{what} reply")
+    streams = tuple(
+        StreamInfo.decode(buffer[start : start + size])
+        for start in range(_STREAM_LIST_HEADER.size, len(buffer), size)
+    )
+    return status, streams
+
+
+def _encode_stream_list(status: int, streams: tuple[StreamInfo, ...]) -> bytes:
+    return _STREAM_LIST_HEADER.pack(status, len(streams)) + b"".join(s.encode() for s in streams)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttachSessionReply:
+    """`streams_count` always equals the records sent (0 on every status but OK upstream)."""
+
+    HEADER: ClassVar[struct.Struct] = _STREAM_LIST_HEADER
+    status: AttachStatus
+    streams: tuple[StreamInfo, ...] = ()
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _stream_list_missing(buffer, "ATTACH_SESSION")
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        status, streams = _decode_stream_list(buffer, "ATTACH_SESSION")
+        return cls(_code(AttachStatus, status, "attach"), streams)
+
+    def encode(self, minor: int = 0) -> bytes:
+        return _encode_stream_list(self.status, self.streams)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewStreamsReply:
+    HEADER: ClassVar[struct.Struct] = _STREAM_LIST_HEADER
+    status: NewStreamsStatus
+    streams: tuple[StreamInfo, ...] = ()
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _stream_list_missing(buffer, "GET_NEW_STREAMS")
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        status, streams = _decode_stream_list(buffer, "GET_NEW_STREAMS")
+        return cls(_code(NewStreamsStatus, status, "new streams"), streams)
+
+    def encode(self, minor: int = 0) -> bytes:
+        return _encode_stream_list(self.status, self.streams)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexReply:
+    """`lttng_viewer_index`, the GET_NEXT_INDEX reply (64 bytes).
+
+    Sizes are in bits and timestamps in clock cycles, copied from the CTF index entry. For
+    INACTIVE only `timestamp_end` (the beacon time) and `ctf_stream_id` are meaningful.
+    """
+
+    FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQQQQQQII")
+    status: IndexStatus
+    flags: ViewerFlag = NO_FLAGS
+    offset: int = 0  # of the packet in the current data file
+    packet_size: int = 0
+    content_size: int = 0
+    timestamp_begin: int = 0
+    timestamp_end: int = 0
+    events_discarded: int = 0  # cumulative
+    ctf_stream_id: int = 0  # the wire's `stream_id`: the CTF stream-class id
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _fixed_missing(buffer, cls.FORMAT.size)
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        _exact(buffer, cls.FORMAT.size, "GET_NEXT_INDEX reply")
+        (offset, packet_size, content_size, begin, end, discarded, ctf_stream_id, status,
+         flags) = cls.FORMAT.unpack(buffer)
+        return cls(_code(IndexStatus, status, "next index"), ViewerFlag(flags), offset,
+                   packet_size, content_size, begin, end, discarded, ctf_stream_id)
+
+    def encode(self, minor: int = 0) -> bytes:
+        return self.FORMAT.pack(
+            self.offset, self.packet_size, self.content_size, self.timestamp_begin,
+            self.timestamp_end, self.events_discarded, self.ctf_stream_id, self.status,
+            self.flags,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PacketReply:
+    """`lttng_viewer_trace_packet` (status, len, flags), then `len` bytes only when OK."""
+
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">III")
+    status: PacketStatus
+    data: bytes = b""
+    flags: ViewerFlag = NO_FLAGS
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        if len(buffer) < cls.HEADER.size:
+            return cls.HEADER.size - len(buffer)
+        status, length, _flags = cls.HEADER.unpack_from(buffer)
+        payload = length if status == PacketStatus.OK else 0
+        return _fixed_missing(buffer, cls.HEADER.size + payload)
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        if len(buffer) < cls.HEADER.size:
+            raise ProtocolError(f"GET_PACKET reply: {len(buffer)} bytes")
+        raw_status, length, flags = cls.HEADER.unpack_from(buffer)
+        status = _code(PacketStatus, raw_status, "get packet")
+        payload = length if status == PacketStatus.OK else 0
+        _exact(buffer, cls.HEADER.size + payload, "GET_PACKET reply")
+        return cls(status, buffer[cls.HEADER.size :], ViewerFlag(flags))
+
+    def encode(self, minor: int = 0) -> bytes:
+        if self.status != PacketStatus.OK and self.data:
+            # A payload after an error reply desynchronises the viewer.
+            raise ValueError("only an OK GET_PACKET reply carries data")
+        return self.HEADER.pack(self.status, len(self.data), self.flags) + self.data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetadataReply:
+    """`lttng_viewer_metadata_packet` (len u64, status), then `len` bytes only when OK."""
+
+    HEADER: ClassVar[struct.Struct] = struct.Struct(">QI")
+    status: MetadataStatus
+    data: bytes = b""
+
+    @classmethod
+    def _payload_length(cls, buffer: bytes) -> int:
+        length, status = cls.HEADER.unpack_from(buffer)
+        if status != MetadataStatus.OK:
+            return 0
+        if length > MAX_METADATA_LENGTH:
+            raise ProtocolError(f"GET_METADATA reply of {length} bytes is too large")
+        return int(length)
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        if len(buffer) < cls.HEADER.size:
+            return cls.HEADER.size - len(buffer)
+        return _fixed_missing(buffer, cls.HEADER.size + cls._payload_length(buffer))
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        if len(buffer) < cls.HEADER.size:
+            raise ProtocolError(f"GET_METADATA reply: {len(buffer)} bytes")
+        _length, raw_status = cls.HEADER.unpack_from(buffer)
+        status = _code(MetadataStatus, raw_status, "get metadata")
+        _exact(buffer, cls.HEADER.size + cls._payload_length(buffer), "GET_METADATA reply")
+        return cls(status, buffer[cls.HEADER.size :])
+
+    def encode(self, minor: int = 0) -> bytes:
+        if self.status != MetadataStatus.OK and self.data:
+            raise ValueError("only an OK GET_METADATA reply carries data")
+        return self.HEADER.pack(len(self.data), self.status) + self.data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreateSessionReply:
+    FORMAT: ClassVar[struct.Struct] = _UINT32
+    status: CreateSessionStatus
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _fixed_missing(buffer, cls.FORMAT.size)
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        _exact(buffer, cls.FORMAT.size, "CREATE_SESSION reply")
+        return cls(_code(CreateSessionStatus, cls.FORMAT.unpack(buffer)[0], "create session"))
+
+    def encode(self, minor: int = 0) -> bytes:
+        return self.FORMAT.pack(self.status)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetachSessionReply:
+    FORMAT: ClassVar[struct.Struct] = _UINT32
+    status: DetachStatus
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _fixed_missing(buffer, cls.FORMAT.size)
+
+    @classmethod
+    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
+        _exact(buffer, cls.FORMAT.size, "DETACH_SESSION reply")
+        return cls(_code(DetachStatus, cls.FORMAT.unpack(buffer)[0], "detach session"))
+
+    def encode(self, minor: int = 0) -> bytes:
+        return self.FORMAT.pack(self.status)
