@@ -2,8 +2,8 @@
 
 Both directions are here: a relay decodes requests and encodes replies, a viewer encodes
 requests and decodes replies. Nothing touches a socket. The byte layouts, codes and semantics
-are documented in /work/shared/protocol/live-viewer.md (from lttng-tools 2.13.9
-`lttng-viewer-abi.h`); every integer is big-endian and every struct packed.
+are those of the live-viewer protocol reference (live-viewer.md, written from lttng-tools
+2.13.9 `lttng-viewer-abi.h` and `live.c`); every integer is big-endian, every struct packed.
 
 Conventions:
 

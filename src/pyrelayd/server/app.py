@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable
 
 from pyrelayd.config import ListenAddress, RelaydOptions, TcpKeepAlive
@@ -157,7 +158,7 @@ def run(options: RelaydOptions, on_ready: ReadyCallback | None = None) -> int:
             await daemon.serve(on_ready)
         except OSError as error:
             log.error("cannot start: %s", error)
-            print(f"pyrelayd: error: {error}", flush=True, file=__import__("sys").stderr)
+            print(f"pyrelayd: error: {error}", flush=True, file=sys.stderr)
             return 1
         return 0
 
