@@ -12,7 +12,6 @@ from pyrelayd.config import GroupOutputBy
 from pyrelayd.model.chunk import ChunkError, ChunkRegistry, TraceChunk
 from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.model.stream import RelayStream
-from pyrelayd.model.viewer import ViewerStream
 from pyrelayd.protocol.relayd import CloseCommand
 from pyrelayd.storage import files, paths
 
@@ -39,7 +38,6 @@ class Relay:
         self.settings = settings
         self.sessions: dict[int, RelaySession] = {}
         self.streams: dict[int, RelayStream] = {}
-        self.viewer_streams: dict[int, ViewerStream] = {}
         self.chunks = ChunkRegistry()
         self._last_session_id = 0
         self._last_stream_handle = 0

@@ -54,7 +54,9 @@ class RelaySession:
         self.connection_closed = False
         self.aborted = False
         self.new_streams = False
-        self.viewer: ViewerSession | None = None  # the live viewer attached, if any
+        # Live viewers attached. Unlike lttng-relayd, any number of viewers may follow a
+        # session at once; each has viewer streams of its own.
+        self.viewers: set[ViewerSession] = set()
         # Holders: the creating control connection, bound data connections, open streams.
         self.references = 1
         self.released = False
@@ -112,9 +114,10 @@ class RelaySession:
         for stream in self.unpublished:
             stream.trace.publish(stream)
         published, self.unpublished = self.unpublished, []
-        if published and self.viewer is not None:
+        if published and self.viewers:
             self.new_streams = True
-            self.viewer.streams_published(self)
+            for viewer in list(self.viewers):
+                viewer.streams_published(self)
 
     def stream_closed(self, stream: RelayStream) -> None:
         self.streams.pop(stream.handle, None)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyrelayd.model.session import RelaySession
     from pyrelayd.model.stream import RelayStream
-    from pyrelayd.model.viewer import ViewerStream
 
 
 class CtfTrace:
@@ -17,8 +16,6 @@ class CtfTrace:
         self.path = path
         # Published streams: visible to live viewers (after STREAMS_SENT).
         self.streams: list[RelayStream] = []
-        self.viewer_metadata_stream: ViewerStream | None = None
-        self.metadata_sent_to_viewer = False
 
     def __repr__(self) -> str:
         return f"CtfTrace({self.id}, {self.path!r})"

@@ -166,12 +166,8 @@ class ViewerStream:
         self.close_files()
 
     def release(self) -> None:
-        if self.released:
-            return
         self.released = True
         self.close_files()
-        if self.trace.viewer_metadata_stream is self:
-            self.trace.viewer_metadata_stream = None
 
 
 class ViewerSession:
@@ -183,6 +179,12 @@ class ViewerSession:
         self.chunk: TraceChunk | None = None
         self.streams: dict[int, ViewerStream] = {}  # every viewer stream this viewer owns
         self.unannounced: list[ViewerStream] = []
+        # Per trace: its metadata viewer stream, and whether it was ever announced (a trace
+        # is only shown to a viewer once its metadata is).
+        self.metadata_streams: dict[CtfTrace, ViewerStream] = {}
+        self.traces_announced: set[CtfTrace] = set()
+        # Streams this viewer was told are over (HUP): never announced again.
+        self.finished: set[int] = set()
 
     # ----------------------------------------------------------------- attach / detach
 
@@ -194,11 +196,11 @@ class ViewerSession:
             return AttachStatus.NOT_LIVE, []
         if seek not in (Seek.BEGINNING, Seek.LAST):
             return AttachStatus.SEEK_ERR, []
-        if session.viewer is not None:
+        if self in session.viewers:
             return AttachStatus.ALREADY, []
         if session.connection_closed:
             return AttachStatus.UNK, []
-        session.viewer = self
+        session.viewers.add(self)
         self.sessions.append(session)
         self.chunk = session.current_chunk
         if self.relay.rotation_ongoing(session):
@@ -230,8 +232,7 @@ class ViewerSession:
                 del self.streams[handle]
         self.unannounced = [vs for vs in self.unannounced if vs.stream.session is not session]
         self.sessions.remove(session)
-        if session.viewer is self:
-            session.viewer = None
+        session.viewers.discard(self)
         if not self.sessions:
             self.chunk = None
 
@@ -247,10 +248,12 @@ class ViewerSession:
         total += sum(1 for vs in self.unannounced
                      if vs.stream.session is session and not vs.stream.published)
         for trace in list(session.traces.values()):
-            if trace.metadata_stream_published() is None and not trace.metadata_sent_to_viewer:
+            if trace.metadata_stream_published() is None and trace not in self.traces_announced:
                 continue  # a viewer never learns of a trace before its metadata
             for stream in list(trace.streams):
-                viewer_stream = self.relay.viewer_streams.get(stream.handle)
+                if stream.handle in self.finished:
+                    continue
+                viewer_stream = self.streams.get(stream.handle)
                 if viewer_stream is None:
                     viewer_stream = self._create(stream, session, seek)
                     if viewer_stream is None:
@@ -266,9 +269,9 @@ class ViewerSession:
     def _create(self, stream: RelayStream, session: RelaySession,
                 seek: Seek) -> ViewerStream | None:
         if stream.is_metadata:
-            if stream.trace.viewer_metadata_stream is not None:
+            if stream.trace in self.metadata_streams:
                 return None
-            stream.trace.metadata_sent_to_viewer = True
+            self.traces_announced.add(stream.trace)
         if (stream.rotation is not None or self.relay.rotation_ongoing(session)) and stream.chunk:
             chunk: TraceChunk | None = stream.chunk
         else:
@@ -281,8 +284,7 @@ class ViewerSession:
             log.warning("cannot open the files of %s for a viewer: %s", stream, error)
             return None
         if stream.is_metadata:
-            stream.trace.viewer_metadata_stream = viewer_stream
-        self.relay.viewer_streams[stream.handle] = viewer_stream
+            self.metadata_streams[stream.trace] = viewer_stream
         self.streams[stream.handle] = viewer_stream
         self.unannounced.append(viewer_stream)
         return viewer_stream
@@ -317,10 +319,11 @@ class ViewerSession:
 
     def _release_stream(self, viewer_stream: ViewerStream) -> None:
         viewer_stream.release()
-        if self.relay.viewer_streams.get(viewer_stream.handle) is viewer_stream:
-            del self.relay.viewer_streams[viewer_stream.handle]
+        if self.metadata_streams.get(viewer_stream.trace) is viewer_stream:
+            del self.metadata_streams[viewer_stream.trace]
 
     def _drop(self, viewer_stream: ViewerStream) -> None:
+        self.finished.add(viewer_stream.handle)
         self._release_stream(viewer_stream)
         self.streams.pop(viewer_stream.handle, None)
         if viewer_stream in self.unannounced:
@@ -333,7 +336,7 @@ class ViewerSession:
 
     def _flags(self, viewer_stream: ViewerStream, new_streams: bool) -> ViewerFlag:
         flags = ViewerFlag.NEW_STREAM if new_streams else NO_FLAGS
-        metadata = viewer_stream.trace.viewer_metadata_stream
+        metadata = self.metadata_streams.get(viewer_stream.trace)
         if metadata is not None:
             received = metadata.stream.metadata_received
             if received == 0 or received > metadata.metadata_sent:

@@ -185,7 +185,7 @@ class LiveConnection:
 
     async def _list_sessions(self) -> None:
         sessions = tuple(
-            wire.SessionInfo(session.id, session.live_timer, int(session.viewer is not None),
+            wire.SessionInfo(session.id, session.live_timer, len(session.viewers),
                              len(session.streams), session.hostname, session.name)
             for session in self.relay.live_sessions()
         )
