@@ -96,8 +96,8 @@ class TraceChunk:
         if top not in self.top_level_directories:
             self.top_level_directories.append(top)
         directory = self.directory / relative
-        files.make_directories(directory)
         paths.inside(self.session_directory, directory)
+        files.make_directories(directory)
         return directory
 
     def create_file(self, relative: str, *, unlink_first: bool = False) -> int:

@@ -74,8 +74,8 @@ class Relay:
                 group_by=self.settings.group_output_by,
             )
         else:
-            paths.check_component(info.session_name or "unnamed", "session name")
-            if info.hostname:
+            if info.minor >= 4:
+                paths.check_component(info.session_name, "session name")
                 paths.check_component(info.hostname, "hostname")
             output_path = ""
         directory = root / output_path if output_path else root
@@ -88,8 +88,8 @@ class Relay:
             chunk = found.get()
             directory = chunk.session_directory
         else:
-            files.make_directories(directory)
             paths.inside(root, directory)
+            files.make_directories(directory)
             if info.minor < 11:
                 # Old peers send full paths: one anonymous chunk at the output root.
                 chunk = TraceChunk(None, info.creation_time, "", root)
@@ -136,7 +136,11 @@ class Relay:
         try:
             stream = RelayStream(handle, trace, channel_name, path_name, tracefile_size,
                                  tracefile_count, session.current_chunk)
-        except OSError as error:
+        except (OSError, paths.UnsafeNameError) as error:
+            if not any(s.trace is trace for s in session.streams.values()):
+                session.traces.pop(path_name, None)
+            if isinstance(error, paths.UnsafeNameError):
+                raise  # a bad path: answered with no handle, as lttng-relayd does
             raise RelayError(f"cannot create stream files: {error}", handle) from error
         self.streams[handle] = stream
         session.stream_added(stream)

@@ -112,13 +112,21 @@ class RelayStream:
         return f"{self.path_name}/{self._file_name()}"
 
     def _set_chunk(self, chunk: TraceChunk) -> None:
-        """Adopt `chunk` (a reference owned by the caller) and open a fresh data file in it."""
-        chunk.create_subdirectory(self.path_name)
+        """Adopt `chunk` (a reference owned by the caller) and open a fresh data file in it.
+
+        On failure the reference is given back, so a refused stream never pins a chunk.
+        """
+        try:
+            chunk.create_subdirectory(self.path_name)
+            fd = chunk.create_file(self._data_file_path())
+        except (OSError, paths.UnsafeNameError):
+            chunk.put()
+            raise
         if self.chunk is not None:
             self.chunk.put()
         self.chunk = chunk
         self._close_data_file()
-        self.data_fd = chunk.create_file(self._data_file_path())
+        self.data_fd = fd
 
     def _open_data_file(self, chunk: TraceChunk) -> None:
         self._close_data_file()

@@ -28,7 +28,7 @@ UINT32_MAX = 0xFFFF_FFFF
 
 # Field limits of lttng 2.13 (sessiond-comm/relayd.h, lttng/constant.h, defaults.h).
 NAME_MAX = 255  # LTTNG_NAME_MAX
-HOST_NAME_MAX = 64  # LTTNG_HOST_NAME_MAX
+HOST_NAME_MAX = 256  # LTTNG_HOST_NAME_MAX (the 2.4 format has a fixed 64-byte field)
 PATH_MAX = 4096  # LTTNG_PATH_MAX
 STREAM_NAME_LEN = 264  # DEFAULT_STREAM_NAME_LEN
 HOST_NAME_MAX_2_4 = 64
