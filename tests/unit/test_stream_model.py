@@ -272,7 +272,7 @@ def test_close_with_everything_in_closes_at_once(relay: Relay, session: RelaySes
     stream.request_close(0)
 
     assert stream.closed
-    assert stream.data_fd is None and stream.index_file is None
+    assert stream.data_file is None and stream.index_file is None
     assert relay.find_stream(stream.handle) is None
     assert stream.handle not in session.streams
     assert chunk.references == references - 1

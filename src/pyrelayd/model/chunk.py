@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyrelayd.protocol.relayd import CloseCommand
 from pyrelayd.storage import files, paths
+from pyrelayd.storage.fdpool import FdPool, PooledFile
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class TraceChunk:
         path: str | None,
         session_directory: Path,
         override_name: str | None = None,
+        pool: FdPool | None = None,
     ) -> None:
         self.id = chunk_id
         self.creation_time = creation_time
@@ -49,6 +51,7 @@ class TraceChunk:
             raise ChunkError("a chunk without a name needs an explicit path")
         self.path: str = path
         self.session_directory = session_directory
+        self.pool = pool if pool is not None else FdPool()
         self.close_command: CloseCommand | None = None
         self.top_level_directories: list[str] = []
         self.files: set[str] = set()
@@ -100,14 +103,15 @@ class TraceChunk:
         files.make_directories(directory)
         return directory
 
-    def create_file(self, relative: str, *, unlink_first: bool = False) -> int:
+    def create_file(self, relative: str, *, unlink_first: bool = False) -> PooledFile:
+        """Create (truncate) a file of this chunk; it follows the chunk if the chunk moves."""
         target = self.directory / relative
         paths.inside(self.session_directory, target.parent)
         if unlink_first:
             files.unlink_if_present(target)
-        fd = files.create_file(target)
+        file = PooledFile.create(self.pool, lambda: self.directory / relative)
         self.files.add(relative)
-        return fd
+        return file
 
     def unlink_file(self, relative: str) -> None:
         files.unlink_if_present(self.directory / relative)

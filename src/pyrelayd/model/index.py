@@ -11,7 +11,7 @@ import dataclasses
 
 from pyrelayd.protocol.index import PacketIndex, encode_header
 from pyrelayd.protocol.relayd import SendIndex
-from pyrelayd.storage import files
+from pyrelayd.storage.fdpool import PooledFile
 
 UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -19,11 +19,11 @@ UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 class IndexFile:
     """An open `.idx` file; closed when its stream and every pending index let go of it."""
 
-    def __init__(self, fd: int, index_minor: int) -> None:
-        self.fd = fd
+    def __init__(self, file: PooledFile, index_minor: int) -> None:
+        self.file = file
         self.index_minor = index_minor
         self.references = 1
-        files.write_all(fd, encode_header(index_minor))
+        file.write(encode_header(index_minor))
 
     def get(self) -> IndexFile:
         self.references += 1
@@ -32,11 +32,10 @@ class IndexFile:
     def put(self) -> None:
         self.references -= 1
         if self.references == 0:
-            files.close_quietly(self.fd)
-            self.fd = -1
+            self.file.close()
 
     def append(self, index: PacketIndex) -> None:
-        files.write_all(self.fd, index.encode(self.index_minor))
+        self.file.write(index.encode(self.index_minor))
 
 
 @dataclasses.dataclass(slots=True)

@@ -14,6 +14,7 @@ from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.model.stream import RelayStream
 from pyrelayd.protocol.relayd import CloseCommand
 from pyrelayd.storage import files, paths
+from pyrelayd.storage.fdpool import FdPool
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class RelaySettings:
     output_root: Path
     group_output_by: GroupOutputBy = GroupOutputBy.HOST
     allow_clear: bool = True
+    fd_pool_size: int | None = None  # at most this many descriptors (None: no limit)
 
 
 class Relay:
@@ -39,6 +41,7 @@ class Relay:
         self.sessions: dict[int, RelaySession] = {}
         self.streams: dict[int, RelayStream] = {}
         self.chunks = ChunkRegistry()
+        self.fd_pool = FdPool(settings.fd_pool_size)
         self._last_session_id = 0
         self._last_stream_handle = 0
         self._last_trace_id = 0
@@ -92,7 +95,7 @@ class Relay:
             files.make_directories(directory)
             if info.minor < 11:
                 # Old peers send full paths: one anonymous chunk at the output root.
-                chunk = TraceChunk(None, info.creation_time, "", root)
+                chunk = TraceChunk(None, info.creation_time, "", root, pool=self.fd_pool)
         self._last_session_id += 1
         session = RelaySession(self, self._last_session_id, info, output_path, directory)
         session.current_chunk = chunk
@@ -166,7 +169,8 @@ class Relay:
             new_path: str | None = None if session.has_rotated else ""
         else:
             new_path = paths.TMP_NEW_CHUNK
-        chunk = TraceChunk(chunk_id, creation_time, new_path, session.directory, override_name)
+        chunk = TraceChunk(chunk_id, creation_time, new_path, session.directory, override_name,
+                           pool=self.fd_pool)
         published = self.chunks.publish(session.registry_key, chunk)
         chunk.put()
         if session.pending_closure_chunk is not None:

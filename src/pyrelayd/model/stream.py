@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from pyrelayd.model.chunk import TraceChunk
 from pyrelayd.model.index import IndexFile, PendingIndex, TracefileArray
 from pyrelayd.protocol.index import index_minor_for
 from pyrelayd.protocol.relayd import SendIndex
-from pyrelayd.storage import files, paths
+from pyrelayd.storage import paths
+from pyrelayd.storage.fdpool import PooledFile
 
 if TYPE_CHECKING:
     from pyrelayd.model.session import RelaySession
@@ -69,7 +69,7 @@ class RelayStream:
         self.tracefile_wrapped = False
         self.file_bytes = 0  # bytes in the current tracefile
         self.pos_after_last_complete_data_index = 0
-        self.data_fd: int | None = None
+        self.data_file: PooledFile | None = None
         self.index_file: IndexFile | None = None
         self.chunk: TraceChunk | None = None
         self.prev_data_seq = UINT64_MAX
@@ -118,7 +118,7 @@ class RelayStream:
         """
         try:
             chunk.create_subdirectory(self.path_name)
-            fd = chunk.create_file(self._data_file_path())
+            file = chunk.create_file(self._data_file_path())
         except (OSError, paths.UnsafeNameError):
             chunk.put()
             raise
@@ -126,16 +126,17 @@ class RelayStream:
             self.chunk.put()
         self.chunk = chunk
         self._close_data_file()
-        self.data_fd = fd
+        self.data_file = file
 
     def _open_data_file(self, chunk: TraceChunk) -> None:
         self._close_data_file()
         path = self._data_file_path()
-        self.data_fd = chunk.create_file(path, unlink_first=self.tracefile_wrapped)
+        self.data_file = chunk.create_file(path, unlink_first=self.tracefile_wrapped)
 
     def _close_data_file(self) -> None:
-        files.close_quietly(self.data_fd)
-        self.data_fd = None
+        if self.data_file is not None:
+            self.data_file.close()
+            self.data_file = None
 
     def _drop_index_file(self) -> None:
         if self.index_file is not None:
@@ -148,14 +149,14 @@ class RelayStream:
         name = f"{self._file_name()}{paths.INDEX_SUFFIX}"
         relative = f"{self.path_name}/{paths.INDEX_DIRECTORY}/{name}"
         # Always unlink first: a live reader keeps the old file's content.
-        fd = chunk.create_file(relative, unlink_first=True)
-        self.index_file = IndexFile(fd, index_minor_for(self.session.minor))
+        file = chunk.create_file(relative, unlink_first=True)
+        self.index_file = IndexFile(file, index_minor_for(self.session.minor))
 
     # ----------------------------------------------------------------- data packets
 
     def begin_packet(self, data_size: int) -> None:
         """Called when a data header for this stream is complete, before its payload."""
-        if self.data_fd is None or self.chunk is None:
+        if self.data_file is None or self.chunk is None:
             raise StreamError(f"{self} has no open file (no current trace chunk)")
         if not self.tracefile_size or self.file_bytes + data_size <= self.tracefile_size:
             self._rotate_index_file = False
@@ -173,13 +174,13 @@ class RelayStream:
         self._rotate_index_file = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self.data_fd is not None
-        files.write_all(self.data_fd, data)
+        assert self.data_file is not None
+        self.data_file.write(data)
 
     def end_packet(self, net_seq_num: int, data_size: int, padding_size: int) -> None:
         """The packet's payload is on disk: pad it, index it, and advance the stream."""
-        assert self.data_fd is not None
-        files.write_zeros(self.data_fd, padding_size)
+        assert self.data_file is not None
+        self.data_file.write_zeros(padding_size)
         total = data_size + padding_size
         index_flushed = False
         if self.session.has_indexes:
@@ -249,9 +250,9 @@ class RelayStream:
 
     def end_metadata(self, length: int, padding_size: int) -> None:
         """A SEND_METADATA of `length` bytes was written with `write`: pad and count it."""
-        if self.data_fd is None:
+        if self.data_file is None:
             raise StreamError(f"{self} has no open metadata file")
-        files.write_zeros(self.data_fd, padding_size)
+        self.data_file.write_zeros(padding_size)
         self.metadata_received += length + padding_size
 
     def reset_metadata(self) -> None:
@@ -260,7 +261,7 @@ class RelayStream:
             raise StreamError(f"{self} has no trace chunk")
         self._close_data_file()
         self.chunk.unlink_file(self._data_file_path())
-        self.data_fd = self.chunk.create_file(self._data_file_path())
+        self.data_file = self.chunk.create_file(self._data_file_path())
         self.file_bytes = 0
         self.metadata_received = 0
         self.prev_data_seq = 0
@@ -331,7 +332,7 @@ class RelayStream:
         self.tracefile_index = 0
         if rotation.next_chunk is not None:
             rotation.next_chunk.create_subdirectory(self.path_name)
-            self.data_fd = rotation.next_chunk.create_file(self._data_file_path())
+            self.data_file = rotation.next_chunk.create_file(self._data_file_path())
         self.file_bytes = 0
         self.pos_after_last_complete_data_index = 0
         rotation.data_rotated = True
@@ -341,26 +342,26 @@ class RelayStream:
     def _rotate_and_truncate(self) -> None:
         """Packets of the next chunk arrived before the rotation point: move them over."""
         rotation = self.rotation
-        assert rotation is not None and self.data_fd is not None
+        assert rotation is not None and self.data_file is not None
         if rotation.next_chunk is None:
             raise StreamError(f"{self}: data past the rotation point but no next chunk")
-        old_fd = self.data_fd
-        self.data_fd = None
+        old_file = self.data_file
+        self.data_file = None
         start = self.pos_after_last_complete_data_index
         misplaced = self.file_bytes - start
         try:
             self._rotate_data_file()
-            assert self.data_fd is not None
+            assert self.data_file is not None
             moved = 0
             while moved < misplaced:
-                block = os.pread(old_fd, min(misplaced - moved, 1 << 20), start + moved)
+                block = old_file.read(min(misplaced - moved, 1 << 20), start + moved)
                 if not block:
                     raise StreamError(f"{self}: short read while moving misplaced data")
-                files.write_all(self.data_fd, block)
+                self.data_file.write(block)
                 moved += len(block)
-            os.ftruncate(old_fd, start)
+            old_file.truncate(start)
         finally:
-            files.close_quietly(old_fd)
+            old_file.close()
         # Indexes whose data moved now point into the new files.
         chunk = rotation.next_chunk if self.rotation is rotation else self.chunk
         assert chunk is not None

@@ -90,6 +90,7 @@ class ViewerStream:
         self.sent = False  # announced to the viewer
         self.released = False
         self.last_seen_rotation_count = stream.completed_rotation_count
+        self.pool = stream.session.relay.fd_pool
         if stream.index_file is not None and chunk is not None:
             try:
                 self._open_index()
@@ -98,8 +99,8 @@ class ViewerStream:
             else:
                 if seek is Seek.LAST and self.index_fd is not None:
                     self.index_position = os.fstat(self.index_fd).st_size
-        if stream.data_fd is not None and chunk is not None:
-            self.data_fd = os.open(self._path(self._file_name()), os.O_RDONLY | os.O_CLOEXEC)
+        if stream.data_file is not None and chunk is not None:
+            self.data_fd = self.open_read_only(self._path(self._file_name()))
 
     def __repr__(self) -> str:
         return f"ViewerStream({self.handle})"
@@ -116,13 +117,23 @@ class ViewerStream:
         assert self.chunk is not None
         return str(self.chunk.directory / self.stream.path_name / relative)
 
+    def open_read_only(self, path: str) -> int:
+        """A descriptor of our own, counted by the relay's fd pool."""
+        self.pool.hold()
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.pool.unhold()
+            raise
+
     def _open_index(self) -> None:
         name = f"{paths.INDEX_DIRECTORY}/{self._file_name()}{paths.INDEX_SUFFIX}"
-        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        fd = self.open_read_only(self._path(name))
         try:
             header = IndexHeader.decode(os.pread(fd, HEADER.size, 0))
         except IndexFormatError:
             os.close(fd)
+            self.pool.unhold()
             raise
         self.index_fd = fd
         self.index_position = HEADER.size
@@ -130,8 +141,10 @@ class ViewerStream:
         self.index_minor = header.minor
 
     def close_files(self) -> None:
-        files.close_quietly(self.index_fd)
-        files.close_quietly(self.data_fd)
+        for fd in (self.index_fd, self.data_fd):
+            if fd is not None:
+                files.close_quietly(fd)
+                self.pool.unhold()
         self.index_fd = self.data_fd = None
 
     def sync_to_tail(self) -> None:
@@ -408,8 +421,8 @@ class ViewerSession:
                 return reply(IndexStatus.ERR)
         if viewer_stream.data_fd is None:
             try:
-                viewer_stream.data_fd = os.open(
-                    viewer_stream._path(viewer_stream._file_name()), os.O_RDONLY | os.O_CLOEXEC)
+                viewer_stream.data_fd = viewer_stream.open_read_only(
+                    viewer_stream._path(viewer_stream._file_name()))
             except OSError as error:
                 if error.errno == errno.ENOENT and stream.closed:
                     self._drop(viewer_stream)
@@ -465,8 +478,8 @@ class ViewerSession:
             return MetadataStatus.NO_NEW_METADATA, b""
         if viewer_stream.data_fd is None:
             try:
-                viewer_stream.data_fd = os.open(
-                    viewer_stream._path(viewer_stream._file_name()), os.O_RDONLY | os.O_CLOEXEC)
+                viewer_stream.data_fd = viewer_stream.open_read_only(
+                    viewer_stream._path(viewer_stream._file_name()))
             except FileNotFoundError:
                 if stream.closed:
                     self._drop(viewer_stream)

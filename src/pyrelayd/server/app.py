@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 import sys
 from collections.abc import Callable
 
-from pyrelayd.config import ListenAddress, RelaydOptions, TcpKeepAlive
+from pyrelayd.config import RELAYD_FD_POOL_SIZE_RESERVE, ListenAddress, RelaydOptions, TcpKeepAlive
 from pyrelayd.model.relay import Relay, RelaySettings
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
@@ -19,6 +20,16 @@ from pyrelayd.server.live import LiveServer
 log = logging.getLogger(__name__)
 
 ReadyCallback = Callable[[dict[str, int]], None]
+
+
+def fd_budget(fd_pool_size: int | None) -> int:
+    """Descriptors the relay may have open at once: the pool size, or the process limit.
+
+    A few are kept in reserve for the listeners, the event loop and logging.
+    """
+    if fd_pool_size is None:
+        fd_pool_size, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, fd_pool_size - RELAYD_FD_POOL_SIZE_RESERVE)
 
 
 def _apply_keep_alive(sock: socket.socket, settings: TcpKeepAlive) -> None:
@@ -44,6 +55,7 @@ class RelayDaemon:
             output_root=options.output_root,
             group_output_by=options.group_output_by,
             allow_clear=options.allow_clear,
+            fd_pool_size=fd_budget(options.fd_pool_size),
         ))
         self.connections: set[asyncio.BaseProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []

@@ -382,10 +382,12 @@ class ControlProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.handler.name = f"control {peer[0]}:{peer[1]}" if peer else "control"
         self.connections.add(self)
+        self.relay.fd_pool.hold()
         log.info("%s: connected", self.handler.name)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        self.relay.fd_pool.unhold()
         if self.header is not None and exc is None:
             log.warning("%s: connection closed in the middle of a request", self.handler.name)
         self.handler.connection_lost()
@@ -476,7 +478,7 @@ class ControlProtocol(asyncio.Protocol):
         stream_id, padding = struct.unpack_from(">QI", self.buffer)
         del self.buffer[:fixed]
         stream = self.handler.metadata_stream(stream_id)
-        if stream is None or stream.data_fd is None:
+        if stream is None or stream.data_file is None:
             self.abort()
             return False
         self.metadata = stream

@@ -43,6 +43,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.name = f"data {peer[0]}:{peer[1]}" if peer else "data"
         self.connections.add(self)
+        self.relay.fd_pool.hold()
         log.info("%s: connected", self.name)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -63,6 +64,7 @@ class DataProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        self.relay.fd_pool.unhold()
         if self.header is not None:
             log.warning("%s: closed in the middle of packet %d of stream %d (%d bytes missing)",
                         self.name, self.header.net_seq_num, self.header.stream_id,

@@ -140,6 +140,7 @@ class LiveConnection:
             self.viewer.close()
             self.viewer = None
         self.socket.close()
+        self.relay.fd_pool.unhold()
 
     async def _command(self, command: int) -> None:
         try:
@@ -286,6 +287,7 @@ class LiveServer:
                     await asyncio.sleep(0.1)
                     continue
                 raise
+            self.relay.fd_pool.hold()
             name = f"viewer {address[0]}:{address[1]}"
             log.info("%s: connected", name)
             task = loop.create_task(LiveConnection(self.relay, sock, name).serve())

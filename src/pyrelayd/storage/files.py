@@ -9,7 +9,7 @@ from pathlib import Path
 
 DIRECTORY_MODE = 0o770
 FILE_MODE = 0o660
-_ZEROS = bytes(64 * 1024)
+ZEROS = bytes(64 * 1024)
 
 
 def make_directories(path: Path) -> None:
@@ -36,8 +36,8 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 
 def write_zeros(fd: int, count: int) -> None:
     while count > 0:
-        chunk = min(count, len(_ZEROS))
-        write_all(fd, memoryview(_ZEROS)[:chunk])
+        chunk = min(count, len(ZEROS))
+        write_all(fd, memoryview(ZEROS)[:chunk])
         count -= chunk
 
 

@@ -1,0 +1,78 @@
+"""The fd pool: many more files than descriptors, every byte where it belongs."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from pyrelayd.model.chunk import TraceChunk
+from pyrelayd.storage.fdpool import FdPool, PooledFile
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_files_outnumbering_the_pool_are_written_completely(tmp_path: Path) -> None:
+    pool = FdPool(limit=8)
+    paths = [tmp_path / f"stream{i}" for i in range(100)]
+    pooled = [PooledFile.create(pool, lambda p=p: p) for p in paths]
+    expected = [bytearray() for _ in paths]
+    rng = random.Random(7)
+    before = open_fds()
+    for _ in range(2000):
+        i = rng.randrange(len(paths))
+        data = rng.randbytes(rng.randrange(1, 300))
+        pooled[i].write(data)
+        expected[i] += data
+        assert pool.open_count <= 8
+    assert open_fds() <= before
+    for file, path, content in zip(pooled, paths, expected, strict=True):
+        file.close()
+        assert path.read_bytes() == bytes(content)
+    assert pool.reopened > 0
+    assert pool.open_count == 0
+
+
+def test_descriptors_held_outside_the_pool_leave_it_less_room(tmp_path: Path) -> None:
+    pool = FdPool(limit=5)
+    files = [PooledFile.create(pool, lambda i=i: tmp_path / f"f{i}") for i in range(5)]
+    assert pool.open_count == 5
+    pool.hold(3)
+    assert pool.open_count == 2
+    pool.unhold(3)
+    for file in files:
+        file.write(b"x")
+    assert pool.open_count == 5
+
+
+def test_an_evicted_file_follows_its_chunk_when_the_chunk_is_renamed(tmp_path: Path) -> None:
+    pool = FdPool(limit=1)
+    chunk = TraceChunk(1, 1_700_000_000, ".tmp_new_chunk", tmp_path, pool=pool)
+    chunk.create_subdirectory("ust")
+    first = chunk.create_file("ust/channel0_0")
+    first.write(b"before")
+    second = chunk.create_file("ust/channel0_1")  # evicts the first descriptor
+    second.write(b"other")
+    chunk.rename_path("renamed")
+    first.write(b"-after")
+    first.close()
+    second.close()
+    assert (tmp_path / "renamed/ust/channel0_0").read_bytes() == b"before-after"
+    assert not (tmp_path / ".tmp_new_chunk").exists()
+
+
+def test_a_closed_pooled_file_cannot_be_written(tmp_path: Path) -> None:
+    pool = FdPool(limit=2)
+    file = PooledFile.create(pool, lambda: tmp_path / "f")
+    file.close()
+    with pytest.raises(ValueError):
+        file.write(b"x")
+
+
+def test_a_pool_without_room_is_refused() -> None:
+    with pytest.raises(ValueError):
+        FdPool(limit=0)
