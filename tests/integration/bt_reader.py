@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-import bt2
+import bt2  # type: ignore[import-untyped]
 
 
 def to_python(field: object) -> object:
@@ -20,9 +20,9 @@ def to_python(field: object) -> object:
     if isinstance(field, bt2._BoolFieldConst):
         return bool(field)
     if isinstance(field, bt2._IntegerFieldConst | bt2._EnumerationFieldConst):
-        return int(field)  # type: ignore[call-overload]
+        return int(field)
     if isinstance(field, bt2._RealFieldConst):
-        return float(field)  # type: ignore[arg-type]
+        return float(field)
     if isinstance(field, bt2._StructureFieldConst):
         return {name: to_python(value) for name, value in field.items()}
     if isinstance(field, bt2._ArrayFieldConst):

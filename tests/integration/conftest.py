@@ -13,6 +13,10 @@ Fixtures (see lttng_env.py for the objects they return):
 * `session_factory`: `(relay, *, live_timer_us=None, base_path="", snapshot=False,
   name=None) -> Session`; sessions left undestroyed are destroyed after the test.
 * `live_viewer_factory`: `(relay, session_name) -> LiveViewer`, stopped after the test.
+
+Environment: PYRELAYD_TEST_RELAY (py | c | both), PYRELAYD_TEST_KEEP=1 keeps the session
+daemon's directory (its log) after the run, PYRELAYD_TEST_RELAY_VERBOSE=1 starts relays with
+-vvv. On failure the relay logs and the session daemon's log tail are attached to the report.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -53,7 +57,7 @@ def selected_relay_kinds() -> list[RelayKind]:
         return list(RELAY_KINDS)
     if value not in RELAY_KINDS:
         raise pytest.UsageError(f"{RELAY_ENV_VAR} must be one of c, py, both (got {value!r})")
-    return [value]  # type: ignore[list-item]
+    return [value]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -63,7 +67,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     # Lets fixtures know at teardown whether the test failed (to attach daemon logs).
     setattr(item, f"report_{report.when}", report)
@@ -150,6 +156,11 @@ def session_factory(
     sessiond: SessionDaemon,
     relay_factory: RelayFactory,  # torn down after the sessions, which may still be streaming
 ) -> Iterator[SessionFactory]:
+    if not sessiond.is_running():
+        pytest.fail(
+            f"lttng-sessiond (pid {sessiond.pid}) exited with status"
+            f" {sessiond.process.returncode}:\n{sessiond.log_tail()}"
+        )
     sessions: list[Session] = []
     prefix = _session_prefix(request.node.name)
 

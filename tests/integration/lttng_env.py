@@ -13,6 +13,7 @@ stopped by pid (SIGTERM, then SIGKILL after a timeout).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -159,6 +160,23 @@ def descendant_pids(pid: int) -> list[int]:
     return found
 
 
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (tells a pid's reuse apart)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # Fields after the parenthesised command name; starttime is field 22 of the line.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def kill_if_same_process(pid: int, start_time: int | None) -> None:
+    """SIGKILL `pid` unless it exited meanwhile (and its pid went to another process)."""
+    if start_time is not None and process_start_time(pid) == start_time:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------------------------
 # TCP ports
 
@@ -241,6 +259,11 @@ def release_tcp_ports(ports: Sequence[int]) -> None:
                 (_PORT_REGISTRY / str(port)).unlink()
 
 
+@atexit.register
+def _release_all_tcp_ports() -> None:
+    release_tcp_ports(sorted(_reserved_here))
+
+
 def listening_tcp_ports() -> set[int]:
     """Ports in LISTEN state on this network namespace (from /proc/net/tcp{,6})."""
     ports: set[int] = set()
@@ -301,10 +324,25 @@ class SessionDaemon:
         daemon = cls(process, workdir, home, log_path, agent_port)
         try:
             daemon._wait_ready(timeout)
+            daemon._skip_low_session_ids()
         except BaseException:
             daemon.stop()
             raise
         return daemon
+
+    def _skip_low_session_ids(self, count: int = 16) -> None:
+        """Use up the session daemon's first session ids with throw-away local sessions.
+
+        lttng-relayd 2.13 answers TRACE_CHUNK_EXISTS by looking the chunk up with its own
+        relay session id where the session daemon's session id is due. When a relay session
+        id (1, 2, ... for each new relay) equals the session daemon id of another session
+        still streaming to that relay, `lttng destroy` then waits until that other session is
+        gone, forever if the test destroys them in that order. Tests create few relay
+        sessions per relay, so session daemon ids >= `count` never collide.
+        """
+        for number in range(count):
+            self.lttng("create", f"pyrelayd-id-filler-{number}", "--no-output")
+        self.lttng("destroy", "--all")
 
     def _wait_ready(self, timeout: float) -> None:
         root = Path(f"/proc/{self.pid}/root")
@@ -323,6 +361,9 @@ class SessionDaemon:
             return self.lttng("list", check=False, timeout=10).returncode == 0
 
         wait_until(ready, timeout=timeout, interval=0.05, what="lttng-sessiond to accept commands")
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -378,12 +419,11 @@ class SessionDaemon:
 
     def stop(self, timeout: float = 10.0) -> None:
         # The daemon stops its consumer daemons itself on SIGTERM; after a SIGKILL nobody
-        # would, so remember them now and stop the leftovers by pid.
-        children = descendant_pids(self.pid)
+        # would, so remember them (pid and start time) and kill the leftovers by pid.
+        children = [(pid, process_start_time(pid)) for pid in descendant_pids(self.pid)]
         stop_process(self.process, timeout)
-        for pid in reversed(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for pid, start_time in reversed(children):
+            kill_if_same_process(pid, start_time)
         release_tcp_ports([self.agent_port])
 
 

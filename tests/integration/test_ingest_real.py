@@ -56,12 +56,13 @@ ARCHIVED_CHUNK_RE = rf"({CHUNK_TIME_RE})-({CHUNK_TIME_RE})-(\d+)"
 
 
 def stream_files(trace_path: str, channel: str = "channel0", *, indexes: bool = True) -> set[str]:
-    """Files of one UST trace (one stream per CPU), relative to its chunk."""
-    files = {f"{trace_path}/metadata"}
+    """Files of one UST trace (one stream per CPU) under `trace_path` ("" for none)."""
+    prefix = f"{trace_path}/" if trace_path else ""
+    files = {f"{prefix}metadata"}
     for cpu in CPUS:
-        files.add(f"{trace_path}/{channel}_{cpu}")
+        files.add(f"{prefix}{channel}_{cpu}")
         if indexes:
-            files.add(f"{trace_path}/index/{channel}_{cpu}.idx")
+            files.add(f"{prefix}index/{channel}_{cpu}.idx")
     return files
 
 
@@ -191,12 +192,16 @@ def test_per_pid_buffers_of_short_lived_apps(
         apps.finish(process)
     session.destroy()
 
-    pid_root = session_dir(relay, session) / "ust" / "pid"
-    app_dirs = {int(re.fullmatch(PER_PID_DIR_RE, p.name)[1]): p for p in pid_root.iterdir()}  # type: ignore[index]
+    # One trace per application: ust/pid/<procname>-<pid>-<YYYYmmdd-HHMMSS>/
+    app_dirs = {}
+    for app_dir in (session_dir(relay, session) / "ust" / "pid").iterdir():
+        match = re.fullmatch(PER_PID_DIR_RE, app_dir.name)
+        assert match, app_dir.name
+        app_dirs[int(match[1])] = app_dir
     assert sorted(app_dirs) == sorted(process.pid for process in processes.values())
     for first, process in processes.items():
         app_dir = app_dirs[process.pid]
-        assert relative_files(app_dir) == {path.removeprefix("./") for path in stream_files(".")}
+        assert relative_files(app_dir) == stream_files("")
         assert_indexes_describe_data(app_dir)
         assert seqs_of(app_dir) == list(range(first, first + 50))
 

@@ -10,7 +10,7 @@ domain as `lttng_python:event` events.
 import logging
 import sys
 
-import lttngust  # noqa: F401  (registers the agent as a side effect)
+import lttngust  # type: ignore[import-untyped]  # noqa: F401  (registers the agent)
 
 
 def main() -> None:
