@@ -33,6 +33,9 @@ class ViewerSocket:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sock.setblocking(False)
+        # Replies are small and latency matters: no Nagle delay (GET_PACKET corks explicitly).
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop = asyncio.get_running_loop()
 
     async def _wait(self, writable: bool) -> None:
@@ -68,11 +71,13 @@ class ViewerSocket:
             received += count
         return bytes(buffer)
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, *, more: bool = False) -> None:
+        """Send all of `data`; `more`: the next send follows at once (one segment if it fits)."""
         view = memoryview(data)
+        flags = socket.MSG_MORE if more else 0
         while view:
             try:
-                sent = self.sock.send(view)
+                sent = self.sock.send(view, flags)
             except BlockingIOError:
                 await self._wait(writable=True)
                 continue
@@ -233,6 +238,8 @@ class LiveConnection:
                     index.content_size, index.timestamp_begin, index.timestamp_end,
                     index.events_discarded, index.stream_id,
                 )
+        log.debug("%s: GET_NEXT_INDEX %d: %s %s", self.name, request.stream_id,
+                  reply.status.name, reply.flags)
         await self.socket.send(reply.encode())
 
     async def _get_packet(self, request: wire.GetPacket) -> None:
@@ -243,7 +250,7 @@ class LiveConnection:
             await self.socket.send(wire.PacketReply(wire.PacketStatus.ERR).encode())
             return
         header = wire.PacketReply.HEADER.pack(wire.PacketStatus.OK, packet.length, 0)
-        await self.socket.send(header)
+        await self.socket.send(header, more=True)
         await self.socket.send_file(packet)
 
     async def _get_metadata(self, request: wire.GetMetadata) -> None:
