@@ -171,38 +171,39 @@ def _pack_c(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
+class _FixedRequest:
+    """A request whose payload is one fixed struct of its fields, in declaration order."""
+
+    __slots__ = ()
+    COMMAND: ClassVar[Command]
+    FORMAT: ClassVar[struct.Struct]
+
+    @classmethod
+    def decode(cls, payload: bytes, minor: int = 0) -> Self:
+        _need(payload, cls.FORMAT.size, cls.COMMAND.name)
+        return cls(*cls.FORMAT.unpack_from(payload))
+
+    def encode(self, minor: int = 0) -> bytes:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return self.FORMAT.pack(*(getattr(self, field.name) for field in fields))
+
+
 # --------------------------------------------------------------------------- requests
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Version:
+class Version(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.VERSION
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">II")
     major: int
     minor: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "VERSION")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.major, self.minor)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GetConfiguration:
+class GetConfiguration(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.GET_CONFIGURATION
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
     query_flags: int = 0
-
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "GET_CONFIGURATION")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.query_flags)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -366,7 +367,7 @@ class StartData:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SendMetadataHeader:
+class SendMetadataHeader(_FixedRequest):
     """The fixed start of a SEND_METADATA payload; the metadata bytes follow it."""
 
     COMMAND: ClassVar[Command] = Command.SEND_METADATA
@@ -374,121 +375,57 @@ class SendMetadataHeader:
     stream_id: int
     padding_size: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "SEND_METADATA")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.stream_id, self.padding_size)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CloseStream:
+class CloseStream(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.CLOSE_STREAM
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQ")
     stream_id: int
     last_net_seq_num: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "CLOSE_STREAM")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.stream_id, self.last_net_seq_num)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class DataPending:
+class DataPending(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.DATA_PENDING
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQ")
     stream_id: int
     last_net_seq_num: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "DATA_PENDING")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.stream_id, self.last_net_seq_num)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ResetMetadata:
+class ResetMetadata(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.RESET_METADATA
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQ")
     stream_id: int
     version: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "RESET_METADATA")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.stream_id, self.version)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class QuiescentControl:
+class QuiescentControl(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.QUIESCENT_CONTROL
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
     stream_id: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "QUIESCENT_CONTROL")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.stream_id)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class BeginDataPending:
+class BeginDataPending(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.BEGIN_DATA_PENDING
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
     session_id: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "BEGIN_DATA_PENDING")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.session_id)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class EndDataPending:
+class EndDataPending(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.END_DATA_PENDING
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
     session_id: int
 
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "END_DATA_PENDING")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.session_id)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class TraceChunkExists:
+class TraceChunkExists(_FixedRequest):
     COMMAND: ClassVar[Command] = Command.TRACE_CHUNK_EXISTS
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
     chunk_id: int
-
-    @classmethod
-    def decode(cls, payload: bytes, minor: int = 0) -> Self:
-        _need(payload, cls.FORMAT.size, "TRACE_CHUNK_EXISTS")
-        return cls(*cls.FORMAT.unpack_from(payload))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.chunk_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
