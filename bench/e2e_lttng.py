@@ -1,4 +1,4 @@
-"""End-to-end benchmark: real lttng-sessiond/consumerd streaming to pyrelayd and to lttng-relayd.
+"""Benchmark 2, end to end: real lttng-sessiond/consumerd streaming to pyrelayd and lttng-relayd.
 
 For each relay (the C lttng-relayd and pyrelayd, in the same run, same inputs) and each mode
 (non-live, live), one traced application emits N events into a blocking channel (so nothing
@@ -6,17 +6,20 @@ is discarded unless the relay really loses data); we measure the wall time from 
 application's start until `lttng stop` returns (every byte acknowledged by the relay), the
 relay's CPU seconds over that interval, the size written, and the discarded events.
 
-    python bench/e2e_lttng.py --events 5000000 --payload 100      # about 750 MB per run
-    python bench/e2e_lttng.py --events 20000 --smoke               # seconds, for CI
+Part of `python bench/run.py`; also runs alone:
 
-Needs root and the Debian LTTng packages (scripts/install --test).
+    python bench/e2e_lttng.py --events 5000000 --payload 100      # about 750 MB per run
+    python bench/e2e_lttng.py --smoke                              # seconds, for CI
+
+Needs root and the Debian LTTng packages (scripts/install --test). The session daemon runs in
+a private mount namespace (tests/integration/lttng_env.py); relays are not pinned to a CPU
+here, since the application and the consumer daemon need both CPUs too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import shutil
 import sys
@@ -24,27 +27,32 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
+    sys.path[:0] = [str(Path(__file__).resolve().parent.parent),
+                    str(Path(__file__).resolve().parent.parent / "src")]
 
-from tests.integration import lttng_env  # noqa: E402
+from bench.relays import RELAY_KINDS, RELAY_NAMES, cpu_seconds
+from bench.report import Section, Table, number, ratio
+from tests.integration import lttng_env
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
+DEFAULT_EVENTS = 1_000_000
+FULL_EVENTS = 5_000_000
+SMOKE_EVENTS = 20_000
 
 
-def tree_size(root: Path) -> int:
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+@dataclasses.dataclass(frozen=True)
+class E2EConfig:
+    events: int = DEFAULT_EVENTS
+    payload: int = 100  # bytes of the string payload of each event
+    subbuf_size: str = "1M"
+    num_subbuf: int = 8
+    live_timer_us: int = 1_000_000
+    modes: tuple[str, ...] = ("non-live", "live")
+    keep: bool = False
 
 
-@dataclasses.dataclass
-class Result:
+@dataclasses.dataclass(frozen=True)
+class E2EResult:
     relay: str
     mode: str
     events: int
@@ -58,21 +66,26 @@ class Result:
         return self.bytes_written / 1e6 / self.wall_s if self.wall_s else 0.0
 
 
+def tree_size(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
 def discarded_events(sessiond: lttng_env.SessionDaemon, session: str) -> int:
     listing = sessiond.lttng("list", session).stdout
     return sum(int(n) for n in re.findall(r"[Dd]iscarded events:\s*(\d+)", listing))
 
 
-def run_one(kind: lttng_env.RelayKind, live: bool, args: argparse.Namespace,
+def run_one(kind: lttng_env.RelayKind, live: bool, config: E2EConfig,
             sessiond: lttng_env.SessionDaemon, apps: lttng_env.TracedApps,
-            workdir: Path) -> Result:
-    relay = lttng_env.start_relay(kind, workdir / f"{kind}-{'live' if live else 'plain'}")
-    name = f"bench-{kind}-{'live' if live else 'plain'}"
+            workdir: Path) -> E2EResult:
+    mode = "live" if live else "non-live"
+    relay = lttng_env.start_relay(kind, workdir / f"{kind}-{mode}")
+    name = f"bench-{kind}-{mode}"
     try:
         session = lttng_env.Session.create(sessiond, name, relay,
-                                           live_timer_us=args.live_timer if live else None)
+                                           live_timer_us=config.live_timer_us if live else None)
         session.lttng("enable-channel", f"--session={name}", "--userspace",
-                      f"--subbuf-size={args.subbuf_size}", f"--num-subbuf={args.num_subbuf}",
+                      f"--subbuf-size={config.subbuf_size}", f"--num-subbuf={config.num_subbuf}",
                       "--blocking-timeout=inf", "channel0")
         session.channel = "channel0"
         session.enable_events()
@@ -80,7 +93,7 @@ def run_one(kind: lttng_env.RelayKind, live: bool, args: argparse.Namespace,
         before = cpu_seconds(relay.pid)
         start = time.monotonic()
         process = sessiond.popen(
-            apps.c_app_argv(args.events, payload_bytes=args.payload),
+            apps.c_app_argv(config.events, payload_bytes=config.payload),
             env={**lttng_env.APP_ENVIRONMENT, "LTTNG_UST_ALLOW_BLOCKING": "1"},
         )
         lttng_env.TracedApps.finish(process, timeout=3600)
@@ -90,72 +103,99 @@ def run_one(kind: lttng_env.RelayKind, live: bool, args: argparse.Namespace,
         discarded = discarded_events(sessiond, name)
         session.destroy()
         written = tree_size(relay.output_dir)
-        return Result(kind, "live" if live else "non-live", args.events, wall, cpu, written,
-                      discarded)
+        return E2EResult(kind, mode, config.events, wall, cpu, written, discarded)
     finally:
         relay.stop()
-        if not args.keep:
+        if not config.keep:
             shutil.rmtree(relay.output_dir, ignore_errors=True)
 
 
-def table(results: list[Result]) -> str:
-    lines = [
-        "| mode | relay | events | wall s | relay CPU s | MB written | MB/s | discarded |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.mode} | {r.relay} | {r.events} | {r.wall_s:.2f} | {r.relay_cpu_s:.2f} | "
-            f"{r.bytes_written / 1e6:.1f} | {r.mb_per_s:.1f} | {r.discarded} |"
-        )
-    by_mode: dict[str, dict[str, Result]] = {}
-    for r in results:
-        by_mode.setdefault(r.mode, {})[r.relay] = r
-    lines.append("")
-    lines.append("| mode | wall time py/C | relay CPU py/C |")
-    lines.append("|---|---:|---:|")
-    for mode, pair in by_mode.items():
-        if "c" in pair and "py" in pair:
-            c, py = pair["c"], pair["py"]
-            cpu_ratio = py.relay_cpu_s / c.relay_cpu_s if c.relay_cpu_s else float("nan")
-            lines.append(f"| {mode} | {py.wall_s / c.wall_s:.2f} | {cpu_ratio:.2f} |")
-    return "\n".join(lines)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--payload", type=int, default=100, help="payload string bytes")
-    parser.add_argument("--subbuf-size", default="1M")
-    parser.add_argument("--num-subbuf", type=int, default=8)
-    parser.add_argument("--live-timer", type=int, default=1_000_000, help="µs")
-    parser.add_argument("--modes", default="non-live,live")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where relays write (default: a temporary directory on disk)")
-    parser.add_argument("--keep", action="store_true", help="keep the written traces")
-    parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
-    args = parser.parse_args()
-    if args.smoke:
-        args.events = min(args.events, 20_000)
-    workdir = Path(tempfile.mkdtemp(prefix="pyrelayd-bench-", dir=args.workdir or "/var/tmp"))
+def run_e2e(config: E2EConfig, workdir: Path) -> tuple[Section, list[E2EResult]]:
+    section = Section("2. End to end with real LTTng", _description(config))
+    reason = lttng_env.host_has_lttng()
+    if reason is not None:
+        section.skipped = reason
+        return section, []
+    workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=workdir))
     sessiond = lttng_env.SessionDaemon.start(workdir / "sessiond")
-    results: list[Result] = []
+    results: list[E2EResult] = []
     try:
         apps = lttng_env.TracedApps(sessiond, lttng_env.build_c_app(workdir / "app"))
-        for mode in args.modes.split(","):
-            for kind in ("c", "py"):
-                result = run_one(kind, mode == "live", args, sessiond, apps, workdir)
+        for mode in config.modes:
+            for kind in RELAY_KINDS:
+                result = run_one(kind, mode == "live", config, sessiond, apps, workdir)
                 results.append(result)
-                print(f"{mode:8} {kind:2}: {result.wall_s:7.2f} s wall, "
+                print(f"  e2e {mode:8} {RELAY_NAMES[kind]:12}: {result.wall_s:7.2f} s wall, "
                       f"{result.relay_cpu_s:7.2f} s relay CPU, "
                       f"{result.bytes_written / 1e6:8.1f} MB, {result.discarded} discarded",
                       flush=True)
     finally:
         sessiond.stop()
+        if not config.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    section.tables = _tables(results)
+    return section, results
+
+
+def _description(config: E2EConfig) -> str:
+    return (
+        f"A real `lttng-sessiond` and `lttng-consumerd` (LTTng 2.13) stream one traced "
+        f"application's {config.events:,} events ({config.payload}-byte string payload, one "
+        f"user-space channel of {config.num_subbuf} x {config.subbuf_size} sub-buffers, "
+        "blocking, so a slow relay slows the application instead of losing events) to each "
+        "relay, in a non-live and a live session (live timer "
+        f"{config.live_timer_us // 1000} ms). Wall time: from the application's start until "
+        "`lttng stop` returns (the consumer daemon has every packet acknowledged); relay CPU "
+        "over the same interval; MB written: the relay's output tree after `lttng destroy`. "
+        "Processes are not pinned: the application and the consumer daemon share both CPUs "
+        "with the relay."
+    )
+
+
+def _tables(results: list[E2EResult]) -> list[Table]:
+    table = Table(["mode", "relay", "events", "wall s", "relay CPU s", "MB written", "MB/s",
+                   "discarded"])
+    for r in results:
+        table.add(r.mode, RELAY_NAMES[r.relay], f"{r.events:,}", number(r.wall_s, 2),
+                  number(r.relay_cpu_s, 2), number(r.bytes_written / 1e6), number(r.mb_per_s),
+                  r.discarded)
+    ratios = Table(["mode", "wall time py/C", "relay CPU py/C", "MB/s py/C"])
+    by_mode: dict[str, dict[str, E2EResult]] = {}
+    for r in results:
+        by_mode.setdefault(r.mode, {})[r.relay] = r
+    for mode, pair in by_mode.items():
+        if "c" in pair and "py" in pair:
+            c, py = pair["c"], pair["py"]
+            ratios.add(mode, ratio(py.wall_s, c.wall_s), ratio(py.relay_cpu_s, c.relay_cpu_s),
+                       ratio(py.mb_per_s, c.mb_per_s))
+    return [table, ratios]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
+    parser.add_argument("--full", action="store_true", help=f"{FULL_EVENTS:,} events")
+    parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
+    parser.add_argument("--payload", type=int, default=100, help="payload string bytes")
+    parser.add_argument("--subbuf-size", default="1M")
+    parser.add_argument("--num-subbuf", type=int, default=8)
+    parser.add_argument("--live-timer", type=int, default=1_000_000, help="µs")
+    parser.add_argument("--modes", default="non-live,live")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
+                        help="where relays write (default: a temporary directory on disk)")
+    parser.add_argument("--keep", action="store_true", help="keep the written traces")
+    args = parser.parse_args()
+    events = FULL_EVENTS if args.full else SMOKE_EVENTS if args.smoke else args.events
+    config = E2EConfig(events, args.payload, args.subbuf_size, args.num_subbuf, args.live_timer,
+                       tuple(args.modes.split(",")), args.keep)
+    workdir = Path(tempfile.mkdtemp(prefix="pyrelayd-bench-", dir=args.workdir))
+    try:
+        section, _ = run_e2e(config, workdir)
+    finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
-    print(table(results))
+    print(section.markdown())
     return 0
 
 

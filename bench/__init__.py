@@ -1,0 +1,1 @@
+"""Benchmarks of pyrelayd against the C lttng-relayd; `python bench/run.py` runs them all."""
