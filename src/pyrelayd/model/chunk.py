@@ -54,6 +54,7 @@ class TraceChunk:
         self.pool = pool if pool is not None else FdPool()
         self.close_command: CloseCommand | None = None
         self.top_level_directories: list[str] = []
+        self._checked_directories: set[Path] = set()  # already seen to stay inside
         self.files: set[str] = set()
         self.references = 1
         self.registry: ChunkRegistry | None = None
@@ -99,14 +100,20 @@ class TraceChunk:
         if top not in self.top_level_directories:
             self.top_level_directories.append(top)
         directory = self.directory / relative
-        paths.inside(self.session_directory, directory)
+        self._check_inside(directory)
         files.make_directories(directory)
         return directory
+
+    def _check_inside(self, directory: Path) -> None:
+        """`directory` stays in the session directory (symlinks resolved; checked once)."""
+        if directory not in self._checked_directories:
+            paths.inside(self.session_directory, directory)
+            self._checked_directories.add(directory)
 
     def create_file(self, relative: str, *, unlink_first: bool = False) -> PooledFile:
         """Create (truncate) a file of this chunk; it follows the chunk if the chunk moves."""
         target = self.directory / relative
-        paths.inside(self.session_directory, target.parent)
+        self._check_inside(target.parent)
         if unlink_first:
             files.unlink_if_present(target)
         file = PooledFile.create(self.pool, lambda: self.directory / relative)
@@ -130,6 +137,7 @@ class TraceChunk:
         old_path = self.path
         if new_path == old_path:
             return
+        self._checked_directories.clear()
         if not new_path and not old_path:
             raise ChunkError('cannot rename "" to ""')
         base = self.session_directory

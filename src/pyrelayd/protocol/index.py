@@ -46,10 +46,16 @@ class PacketIndex:
     packet_seq_num: int = UINT64_MAX
 
     def encode(self, index_minor: int) -> bytes:
-        values = dataclasses.astuple(self)
         if index_minor >= 1:
-            return RECORD_1_1.pack(*values)
-        return RECORD_1_0.pack(*values[:7])
+            return RECORD_1_1.pack(
+                self.offset, self.packet_size, self.content_size, self.timestamp_begin,
+                self.timestamp_end, self.events_discarded, self.stream_id,
+                self.stream_instance_id, self.packet_seq_num,
+            )
+        return RECORD_1_0.pack(
+            self.offset, self.packet_size, self.content_size, self.timestamp_begin,
+            self.timestamp_end, self.events_discarded, self.stream_id,
+        )
 
     @classmethod
     def decode(cls, raw: bytes | memoryview, index_minor: int) -> PacketIndex:

@@ -458,7 +458,7 @@ class SendIndex:
         return cls(*fmt.unpack_from(payload))
 
     def encode(self, minor: int) -> bytes:
-        values = dataclasses.astuple(self)
+        values = tuple(getattr(self, field.name) for field in dataclasses.fields(self))
         if minor >= 8:
             return self.FORMAT_1_1.pack(*values)
         return self.FORMAT_1_0.pack(*values[:8])

@@ -376,6 +376,7 @@ class ControlProtocol(asyncio.Protocol):
         self.metadata_padding = 0
         self.metadata_left = 0  # metadata bytes still to write for the current request
         self.discard_left = 0  # payload bytes to drop after the part we keep
+        self.replies: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
@@ -409,6 +410,14 @@ class ControlProtocol(asyncio.Protocol):
         except Exception:
             log.exception("%s: internal error", self.handler.name)
             self.abort()
+        finally:
+            self._flush_replies()
+
+    def _flush_replies(self) -> None:
+        """The replies to every request of one read leave in a single write."""
+        if self.replies and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.replies))
+        self.replies.clear()
 
     def _process(self) -> None:
         buffer = self.buffer
@@ -457,8 +466,9 @@ class ControlProtocol(asyncio.Protocol):
             self.header = None
             outcome = self.handler.handle(header.command, payload)
             if outcome.reply:
-                self.transport.write(outcome.reply)
+                self.replies.append(outcome.reply)
             if outcome.close:
+                self._flush_replies()
                 self.close()
                 return
 

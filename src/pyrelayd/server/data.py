@@ -1,8 +1,10 @@
 """Data connections (port 5343): a one-way stream of (32-byte header, packet) pairs.
 
-Bytes are received straight into one reusable buffer (`BufferedProtocol`, i.e. recv_into) and
-written from it to the stream's file with no intermediate copy. The relay never writes on a
-data connection.
+Bytes are received straight into a buffer (`BufferedProtocol`, i.e. recv_into) and written
+from it to the stream's file with no intermediate copy. Every data connection shares the same
+receive buffer: each read is consumed entirely before the event loop does anything else, so
+all a connection keeps between reads is the start of a header (under 32 bytes). An idle
+connection therefore costs almost no memory. The relay never writes on a data connection.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pyrelayd.protocol import relayd as wire
 log = logging.getLogger(__name__)
 
 RECEIVE_BUFFER_SIZE = 1 << 20
+_shared_buffer = memoryview(bytearray(RECEIVE_BUFFER_SIZE))
 
 
 class DataProtocol(asyncio.BufferedProtocol):
@@ -27,9 +30,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.name = "data"
-        self.buffer = bytearray(RECEIVE_BUFFER_SIZE)
-        self.view = memoryview(self.buffer)
-        self.filled = 0  # bytes of an incomplete header kept at the start of the buffer
+        self.partial_header = b""  # the start of a header cut by the end of the last read
         self.session: RelaySession | None = None
         self.stream: RelayStream | None = None
         self.header: wire.DataHeader | None = None
@@ -47,11 +48,14 @@ class DataProtocol(asyncio.BufferedProtocol):
         log.info("%s: connected", self.name)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view[self.filled :]
+        kept = len(self.partial_header)
+        if kept:
+            _shared_buffer[:kept] = self.partial_header
+        return _shared_buffer[kept:]
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
-            self._consume(self.filled + nbytes)
+            self._consume(_shared_buffer, len(self.partial_header) + nbytes)
         except (StreamError, wire.ProtocolError, OSError) as error:
             log.warning("%s: %s", self.name, error)
             self.abort()
@@ -88,8 +92,7 @@ class DataProtocol(asyncio.BufferedProtocol):
 
     # ----------------------------------------------------------------- packets
 
-    def _consume(self, end: int) -> None:
-        view = self.view
+    def _consume(self, view: memoryview, end: int) -> None:
         position = 0
         while position < end:
             if self.header is None:
@@ -110,10 +113,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             if self.payload_left == 0:
                 self._end_packet()
         # Keep the start of an incomplete header for the next read.
-        leftover = end - position
-        if leftover and position:
-            view[:leftover] = view[position:end]
-        self.filled = leftover
+        self.partial_header = bytes(view[position:end])
 
     def _start_packet(self, header: wire.DataHeader) -> None:
         stream = self.relay.find_stream(header.stream_id)

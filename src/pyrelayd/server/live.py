@@ -38,21 +38,19 @@ class ViewerSocket:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop = asyncio.get_running_loop()
 
-    async def _wait(self, writable: bool) -> None:
+    async def _writable(self) -> None:
         future: asyncio.Future[None] = self.loop.create_future()
         fd = self.sock.fileno()
-        add, remove = ((self.loop.add_writer, self.loop.remove_writer) if writable
-                       else (self.loop.add_reader, self.loop.remove_reader))
 
         def ready() -> None:
             if not future.done():
                 future.set_result(None)
 
-        add(fd, ready)
+        self.loop.add_writer(fd, ready)
         try:
             await future
         finally:
-            remove(fd)
+            self.loop.remove_writer(fd)
 
     async def receive_exactly(self, size: int) -> bytes:
         buffer = bytearray(size)
@@ -60,10 +58,8 @@ class ViewerSocket:
         received = 0
         while received < size:
             try:
-                count = self.sock.recv_into(view[received:])
-            except BlockingIOError:
-                await self._wait(writable=False)
-                continue
+                # The event loop's own receive (native in uvloop) waits for readability.
+                count = await self.loop.sock_recv_into(self.sock, view[received:])
             except OSError as error:
                 raise ViewerGone(str(error)) from error
             if count == 0:
@@ -79,7 +75,7 @@ class ViewerSocket:
             try:
                 sent = self.sock.send(view, flags)
             except BlockingIOError:
-                await self._wait(writable=True)
+                await self._writable()
                 continue
             except OSError as error:
                 raise ViewerGone(str(error)) from error
@@ -91,7 +87,7 @@ class ViewerSocket:
             try:
                 sent = os.sendfile(self.sock.fileno(), packet.fd, offset, left)
             except BlockingIOError:
-                await self._wait(writable=True)
+                await self._writable()
                 continue
             except OSError as error:
                 if error.errno in (errno.EINVAL, errno.ENOSYS):
