@@ -171,6 +171,13 @@ class RelaydProducer:
         await self._data.drain()
         return seq
 
+    async def send_raw_data(self, raw: bytes) -> None:
+        """Bytes as they are on the data connection (tests of malformed or hostile peers)."""
+        if self._data is None:
+            raise ProducerError("not connected")
+        self._data.write(raw)
+        await self._data.drain()
+
     async def send_index(self, stream: ProducerStream, net_seq_num: int, *, packet_size_bits: int,
                          content_size_bits: int, timestamp_begin: int, timestamp_end: int,
                          events_discarded: int = 0, ctf_stream_id: int = 0) -> None:
