@@ -72,6 +72,7 @@ from .live_helpers import (
 )
 from .lttng_env import (
     HOSTNAME,
+    LiveViewer,
     Relay,
     RelayKind,
     Session,
@@ -98,6 +99,21 @@ SEVERAL_VIEWERS_ARE_PYRELAYD_ONLY = (
 
 def live_session(session_factory: SessionFactory, relay: Relay) -> Session:
     return session_factory(relay, live_timer_us=LIVE_TIMER_US)
+
+
+def watched_and_followed(
+    session_factory: SessionFactory, relay: Relay, live_viewer_factory: LiveViewerFactory
+) -> tuple[Session, Session, LiveViewer]:
+    """Two started live sessions: the first with babeltrace2 attached before it started (the
+    viewer is returned), the second left for our client to follow."""
+    watched, followed = live_session(session_factory, relay), live_session(session_factory, relay)
+    for session in (watched, followed):
+        session.enable_events()
+    viewer = live_viewer_factory(relay, watched.name)
+    viewer.wait_attached(relay, watched.name)
+    for session in (watched, followed):
+        session.start()
+    return watched, followed, viewer
 
 
 def touch_every_cpu(apps: TracedApps, first_seq: int = 0, per_cpu: int = 5) -> list[int]:
@@ -307,13 +323,7 @@ def test_idle_session_gives_inactivity_beacons_then_later_events(
     tmp_path: Path,
 ) -> None:
     # Session A is read by babeltrace2, session B by our client (one viewer per session).
-    watched, followed = live_session(session_factory, relay), live_session(session_factory, relay)
-    for session in (watched, followed):
-        session.enable_events()
-    viewer = live_viewer_factory(relay, watched.name)
-    viewer.wait_attached(relay, watched.name)
-    for session in (watched, followed):
-        session.start()
+    watched, followed, viewer = watched_and_followed(session_factory, relay, live_viewer_factory)
     first_batch = touch_every_cpu(apps)
     with following(relay, live_session_ids(relay, followed.name), Seek.BEGINNING) as follow:
         # babeltrace2 can only print an event once every stream is known to be past it: with
@@ -482,13 +492,7 @@ def test_clear_while_viewers_read(
     tmp_path: Path,
 ) -> None:
     # Session A is read by babeltrace2, session B by our client; both are cleared mid-way.
-    watched, followed = live_session(session_factory, relay), live_session(session_factory, relay)
-    for session in (watched, followed):
-        session.enable_events()
-    viewer = live_viewer_factory(relay, watched.name)
-    viewer.wait_attached(relay, watched.name)
-    for session in (watched, followed):
-        session.start()
+    watched, followed, viewer = watched_and_followed(session_factory, relay, live_viewer_factory)
     with following(relay, live_session_ids(relay, followed.name), Seek.BEGINNING) as follow:
         first_batch = touch_every_cpu(apps)
         wait_printed(

@@ -8,7 +8,6 @@ data packets go through `DataProtocol`. The expected bytes are those of lttng-re
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import tempfile
 from pathlib import Path
@@ -58,6 +57,7 @@ from pyrelayd.protocol.relayd import (
 )
 from pyrelayd.server.control import ControlProtocol, Outcome
 from pyrelayd.server.data import DataProtocol
+from tests.unit.fakes import FakeTransport
 
 pytestmark = pytest.mark.usefixtures("utc")
 
@@ -80,29 +80,6 @@ class Request(Protocol):
     def encode(self, minor: int) -> bytes: ...
 
 
-class FakeTransport(asyncio.Transport):
-    """Records what the relay writes and whether it closed or aborted the connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 class Peer:

@@ -7,13 +7,11 @@ to the stream model directly. Also here: the control framing's payload size limi
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,33 +33,11 @@ from pyrelayd.protocol.relayd import (
 )
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
+from tests.unit.fakes import FakeTransport
 
 STREAM_PATH = "ust/uid/1000/64-bit"
 
 
-class FakeTransport(asyncio.Transport):
-    """Records whether the relay closed or aborted the connection (it never writes)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 class DataConnection:
