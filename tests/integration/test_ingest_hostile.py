@@ -20,7 +20,7 @@ from pyrelayd.protocol import relayd as wire
 from pyrelayd.protocol.relayd import Command, ReturnCode
 
 from .conftest import RelayFactory, SessionFactory
-from .lttng_env import HOSTNAME, Relay, TracedApps, read_trace, sequence_numbers
+from .lttng_env import HOSTNAME, Relay, TracedApps, read_trace, sequence_numbers, wait_until
 
 pytestmark = pytest.mark.lttng
 
@@ -54,7 +54,7 @@ def create_session_request(name: str, hostname: str, base_path: str = "") -> byt
     return wire.encode_request(Command.CREATE_SESSION, request.encode(13))
 
 
-async def hostile_peers(relay: Relay, victim_stream_ids: range) -> list[str]:
+async def hostile_peers(relay: Relay) -> list[str]:
     """Every attack; returns what each one got, for the assertion messages."""
     outcomes = []
     control, data = relay.control_port, relay.data_port
@@ -90,6 +90,8 @@ async def hostile_peers(relay: Relay, victim_stream_ids: range) -> list[str]:
     with pytest.raises(ProducerError):
         await producer.add_stream("channel0_0", "../../../../outside")
     stream = await producer.add_stream("channel0_0", "ust/uid/0/64-bit")
+    # Handles are global and the victim's streams were added first: every lower one is theirs.
+    victim_stream_ids = range(1, stream.handle)
     # Once its data connection carried a packet of its own session, packets for the
     # victim's streams on it cost it that connection, and nothing reaches the victim.
     await producer.send_packet(stream, b"ok" * 32)
@@ -118,7 +120,10 @@ def test_hostile_ingest_peers_leave_a_real_session_untouched(
     session.enable_events()
     session.start()
     running = apps.start_c_app(2000, delay_us=200)
-    outcomes = asyncio.run(hostile_peers(relay, range(1, 6)))
+    # The per-UID buffers (and so the victim's streams) exist once the app has registered.
+    wait_until(lambda: list((relay.output_dir / HOSTNAME).rglob("metadata")), timeout=30,
+               what="the victim's streams")
+    outcomes = asyncio.run(hostile_peers(relay))
     apps.finish(running)
     session.destroy()
 
