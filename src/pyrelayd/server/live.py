@@ -1,14 +1,17 @@
-"""Live viewer connections (port 5344): one task per viewer, strictly request/reply.
+"""Live viewer connections (port 5344): one small state machine per viewer, on the event loop.
 
-Each viewer socket is driven directly (non-blocking, awaited readiness) instead of through an
-asyncio transport, so that GET_PACKET can hand file ranges to the kernel with `os.sendfile`:
-packet bytes never pass through Python. A viewer that stops reading only ever blocks its own
-task; nothing is buffered on its behalf.
+Viewers are strictly request/reply, so each connection is driven by readiness callbacks, with
+no task or future per request: one `recv_into` takes whatever requests have arrived, each is
+answered in order, and a reply that does not fit in the socket waits (with the rest of the
+input) until the socket is writable again. GET_PACKET hands file ranges to the kernel with
+`os.sendfile`: packet bytes never pass through Python. A viewer that stops reading only stops
+itself; nothing is buffered on its behalf beyond the reply it asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -22,87 +25,18 @@ from pyrelayd.protocol.viewer import Command
 
 log = logging.getLogger(__name__)
 
+_HEADER = wire.CommandHeader.FORMAT
+# Every request (header and fixed payload) is far smaller than this; a viewer that pipelines
+# requests faster than it reads replies simply stops being read.
+_INPUT_BUFFER_SIZE = 4096
+_ACCEPT_BATCH = 64
+_PACKET_HEADER = wire.PacketReply.HEADER
+
+Output = bytes | PacketRange
+
 
 class ViewerGone(Exception):
     """The viewer closed its connection or broke the protocol: close it, quietly."""
-
-
-class ViewerSocket:
-    """Awaitable exact reads, writes and sendfile on a non-blocking socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sock.setblocking(False)
-        # Replies are small and latency matters: no Nagle delay (GET_PACKET corks explicitly).
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.loop = asyncio.get_running_loop()
-
-    async def _writable(self) -> None:
-        future: asyncio.Future[None] = self.loop.create_future()
-        fd = self.sock.fileno()
-
-        def ready() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        self.loop.add_writer(fd, ready)
-        try:
-            await future
-        finally:
-            self.loop.remove_writer(fd)
-
-    async def receive_exactly(self, size: int) -> bytes:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        received = 0
-        while received < size:
-            try:
-                # The event loop's own receive (native in uvloop) waits for readability.
-                count = await self.loop.sock_recv_into(self.sock, view[received:])
-            except OSError as error:
-                raise ViewerGone(str(error)) from error
-            if count == 0:
-                raise ViewerGone("connection closed by the viewer")
-            received += count
-        return bytes(buffer)
-
-    async def send(self, data: bytes, *, more: bool = False) -> None:
-        """Send all of `data`; `more`: the next send follows at once (one segment if it fits)."""
-        view = memoryview(data)
-        flags = socket.MSG_MORE if more else 0
-        while view:
-            try:
-                sent = self.sock.send(view, flags)
-            except BlockingIOError:
-                await self._writable()
-                continue
-            except OSError as error:
-                raise ViewerGone(str(error)) from error
-            view = view[sent:]
-
-    async def send_file(self, packet: PacketRange) -> None:
-        offset, left = packet.offset, packet.length
-        while left:
-            try:
-                sent = os.sendfile(self.sock.fileno(), packet.fd, offset, left)
-            except BlockingIOError:
-                await self._writable()
-                continue
-            except OSError as error:
-                if error.errno in (errno.EINVAL, errno.ENOSYS):
-                    await self.send(os.pread(packet.fd, left, offset))
-                    return
-                raise ViewerGone(str(error)) from error
-            if sent == 0:
-                # The file shrank under us: the viewer was promised `length` bytes.
-                raise ViewerGone("data file truncated while sending a packet")
-            offset += sent
-            left -= sent
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def _stream_info(viewer_stream: ViewerStream) -> wire.StreamInfo:
@@ -112,67 +46,194 @@ def _stream_info(viewer_stream: ViewerStream) -> wire.StreamInfo:
 
 
 class LiveConnection:
-    def __init__(self, relay: Relay, sock: socket.socket, name: str) -> None:
-        self.relay = relay
-        self.socket = ViewerSocket(sock)
+    """One viewer connection: input buffer, pending output, and its viewer session."""
+
+    def __init__(self, server: LiveServer, sock: socket.socket, name: str) -> None:
+        self.server = server
+        self.relay = server.relay
+        self.loop = server.loop
+        self.sock = sock
+        self.fd = sock.fileno()
         self.name = name
+        self.input = bytearray(_INPUT_BUFFER_SIZE)
+        self.input_view = memoryview(self.input)
+        self.input_length = 0
+        self.output: collections.deque[Output] = collections.deque()
+        self.close_when_sent = False
+        self.closed = False
+        self.reading = False
+        self.writing = False
         self.connected = False
         self.minor = 0
         self.viewer: ViewerSession | None = None
+        sock.setblocking(False)
+        # Replies are small and latency matters: no Nagle delay (GET_PACKET corks explicitly).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def serve(self) -> None:
+    # ----------------------------------------------------------------- readiness
+
+    def start(self) -> None:
+        self._set_interest()
+
+    def _set_interest(self) -> None:
+        """Read while there is nothing to send; wait for writability while there is."""
+        want_write = bool(self.output)
+        want_read = not want_write and not self.close_when_sent
+        if want_read != self.reading:
+            if want_read:
+                self.loop.add_reader(self.fd, self._readable)
+            else:
+                self.loop.remove_reader(self.fd)
+            self.reading = want_read
+        if want_write != self.writing:
+            if want_write:
+                self.loop.add_writer(self.fd, self._writable)
+            else:
+                self.loop.remove_writer(self.fd)
+            self.writing = want_write
+
+    def _readable(self) -> None:
         try:
-            while True:
-                header = wire.CommandHeader.decode(
-                    await self.socket.receive_exactly(wire.CommandHeader.FORMAT.size))
-                await self._command(header.command)
+            count = self.sock.recv_into(self.input_view[self.input_length:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self.close(str(error))
+            return
+        if count == 0:
+            self.close("connection closed by the viewer")
+            return
+        self.input_length += count
+        self._serve()
+
+    def _writable(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        """Send what is pending, then answer buffered requests while replies leave at once."""
+        try:
+            while self._send_pending() and not self.close_when_sent:
+                if not self._next_request():
+                    break
         except ViewerGone as reason:
-            log.info("%s: disconnected (%s)", self.name, reason)
+            self.close(str(reason))
+            return
         except wire.ProtocolError as error:
             log.warning("%s: %s", self.name, error)
             if error.reply:
-                with contextlib.suppress(ViewerGone):
-                    await self.socket.send(error.reply)
-        finally:
-            self.close()
+                self.output.append(error.reply)
+            self.close_when_sent = True
+            self._serve_closing()
+            return
+        except Exception:
+            log.exception("%s: internal error", self.name)
+            self.close("internal error")
+            return
+        if self.close_when_sent and not self.output:
+            self.close("protocol error")
+            return
+        self._set_interest()
 
-    def close(self) -> None:
-        if self.viewer is not None:
-            self.viewer.close()
-            self.viewer = None
-        self.socket.close()
-        self.relay.fd_pool.unhold()
+    def _serve_closing(self) -> None:
+        try:
+            self._send_pending()
+        except ViewerGone as reason:
+            self.close(str(reason))
+            return
+        if not self.output:
+            self.close("protocol error")
+        else:
+            self._set_interest()
 
-    async def _command(self, command: int) -> None:
+    # ----------------------------------------------------------------- output
+
+    def _send_pending(self) -> bool:
+        """Write pending output; True once all of it has left."""
+        output = self.output
+        while output:
+            item = output[0]
+            if isinstance(item, PacketRange):
+                try:
+                    sent = os.sendfile(self.fd, item.fd, item.offset, item.length)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError as error:
+                    if error.errno in (errno.EINVAL, errno.ENOSYS):  # no sendfile here
+                        output[0] = os.pread(item.fd, item.length, item.offset)
+                        continue
+                    raise ViewerGone(str(error)) from error
+                if sent == 0:
+                    # The file shrank under us: the viewer was promised `length` bytes.
+                    raise ViewerGone("data file truncated while sending a packet")
+                if sent < item.length:
+                    output[0] = PacketRange(item.fd, item.offset + sent, item.length - sent)
+                    continue
+            else:
+                # More output follows at once: let the kernel fill one segment with both.
+                flags = socket.MSG_MORE if len(output) > 1 else 0
+                try:
+                    sent = self.sock.send(item, flags)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError as error:
+                    raise ViewerGone(str(error)) from error
+                if sent < len(item):
+                    output[0] = item[sent:]
+                    continue
+            output.popleft()
+        return True
+
+    # ----------------------------------------------------------------- input
+
+    def _next_request(self) -> bool:
+        """Answer the first buffered request, if complete; False when none is."""
+        length = self.input_length
+        if length < _HEADER.size:
+            return False
+        view = self.input_view
+        _data_size, command, _version = _HEADER.unpack_from(view)
         try:
             size = wire.REQUEST_PAYLOAD_SIZE[Command(command)]
         except (ValueError, KeyError):
             raise wire.ProtocolError(f"unknown viewer command {command}",
                                      reply=wire.UNKNOWN_COMMAND_REPLY) from None
-        payload = await self.socket.receive_exactly(size) if size else b""
-        request = wire.decode_request(command, payload)
+        end = _HEADER.size + size
+        if length < end:
+            return False
+        request = wire.decode_request(command, bytes(view[_HEADER.size:end]))
+        # The rest of the input moves to the front (a few bytes, if the viewer pipelines).
+        self.input[: length - end] = self.input[end:length]
+        self.input_length = length - end
         if not self.connected and not isinstance(request, wire.Connect):
             raise ViewerGone(f"{Command(command).name} before CONNECT")
-        if isinstance(request, wire.Connect):
-            await self._connect(request)
-        elif isinstance(request, wire.ListSessions):
-            await self._list_sessions()
-        elif isinstance(request, wire.CreateSession):
-            await self._create_session()
-        elif isinstance(request, wire.AttachSession):
-            await self._attach(request)
-        elif isinstance(request, wire.GetNewStreams):
-            await self._get_new_streams(request)
-        elif isinstance(request, wire.GetNextIndex):
-            await self._get_next_index(request)
-        elif isinstance(request, wire.GetPacket):
-            await self._get_packet(request)
-        elif isinstance(request, wire.GetMetadata):
-            await self._get_metadata(request)
-        elif isinstance(request, wire.DetachSession):
-            await self._detach(request)
+        self._answer(request)
+        return True
 
-    async def _connect(self, request: wire.Connect) -> None:
+    def _answer(self, request: wire.Request) -> None:
+        """Queue the reply to one request."""
+        if isinstance(request, wire.GetNextIndex):
+            self.output.append(self._next_index(request))
+        elif isinstance(request, wire.GetPacket):
+            self._packet(request)
+        elif isinstance(request, wire.GetMetadata):
+            self.output.append(self._metadata(request))
+        elif isinstance(request, wire.GetNewStreams):
+            self.output.append(self._new_streams(request))
+        elif isinstance(request, wire.Connect):
+            self.output.append(self._connect(request))
+        elif isinstance(request, wire.ListSessions):
+            self.output.append(self._list_sessions())
+        elif isinstance(request, wire.CreateSession):
+            self.output.append(self._create_session())
+        elif isinstance(request, wire.AttachSession):
+            self.output.append(self._attach(request))
+        elif isinstance(request, wire.DetachSession):
+            self.output.append(self._detach(request))
+
+    # ----------------------------------------------------------------- commands
+
+    def _connect(self, request: wire.Connect) -> bytes:
         self.connected = True
         if request.major != wire.VERSION_MAJOR:
             raise ViewerGone(f"viewer protocol major {request.major}")
@@ -182,24 +243,23 @@ class LiveConnection:
         self.minor = min(request.minor, wire.RELAY_VERSION_MINOR)
         viewer_id = (self.relay.next_viewer_id()
                      if request.connection_type == wire.ConnectionType.COMMAND else 0)
-        reply = wire.Connect(viewer_id, wire.VERSION_MAJOR, wire.RELAY_VERSION_MINOR, 0)
-        await self.socket.send(reply.encode())
+        return wire.Connect(viewer_id, wire.VERSION_MAJOR, wire.RELAY_VERSION_MINOR, 0).encode()
 
-    async def _list_sessions(self) -> None:
+    def _list_sessions(self) -> bytes:
         sessions = tuple(
             wire.SessionInfo(session.id, session.live_timer, len(session.viewers),
                              len(session.streams), session.hostname, session.name)
             for session in self.relay.live_sessions()
         )
-        await self.socket.send(wire.SessionList(sessions).encode(self.minor))
+        return wire.SessionList(sessions).encode(self.minor)
 
-    async def _create_session(self) -> None:
+    def _create_session(self) -> bytes:
         if self.viewer is not None:
             self.viewer.close()  # a repeated CREATE_SESSION replaces the old one, leak-free
         self.viewer = ViewerSession(self.relay)
-        await self.socket.send(wire.CreateSessionReply(wire.CreateSessionStatus.OK).encode())
+        return wire.CreateSessionReply(wire.CreateSessionStatus.OK).encode()
 
-    async def _attach(self, request: wire.AttachSession) -> None:
+    def _attach(self, request: wire.AttachSession) -> bytes:
         if self.viewer is None:
             reply = wire.AttachSessionReply(wire.AttachStatus.NO_SESSION)
         else:
@@ -208,100 +268,126 @@ class LiveConnection:
                                             tuple(_stream_info(vs) for vs in streams))
             log.info("%s: attach session %d: %s, %d streams", self.name, request.session_id,
                      reply.status.name, len(streams))
-        await self.socket.send(reply.encode())
+        return reply.encode()
 
-    async def _get_new_streams(self, request: wire.GetNewStreams) -> None:
+    def _new_streams(self, request: wire.GetNewStreams) -> bytes:
         if self.viewer is None:
-            reply = wire.NewStreamsReply(wire.NewStreamsStatus.ERR)
-        else:
-            status, streams = self.viewer.get_new_streams(request.session_id)
-            reply = wire.NewStreamsReply(status,
-                                         tuple(_stream_info(vs) for vs in streams))
-        await self.socket.send(reply.encode())
+            return wire.NewStreamsReply(wire.NewStreamsStatus.ERR).encode()
+        status, streams = self.viewer.get_new_streams(request.session_id)
+        return wire.NewStreamsReply(status, tuple(_stream_info(vs) for vs in streams)).encode()
 
-    async def _get_next_index(self, request: wire.GetNextIndex) -> None:
+    def _next_index(self, request: wire.GetNextIndex) -> bytes:
         if self.viewer is None:
-            reply = wire.IndexReply(wire.IndexStatus.ERR)
+            return wire.IndexReply(wire.IndexStatus.ERR).encode()
+        result = self.viewer.get_next_index(request.stream_id)
+        index = result.index
+        if index is None:
+            reply = wire.IndexReply(result.status, result.flags)
         else:
-            result = self.viewer.get_next_index(request.stream_id)
-            index = result.index
-            flags = result.flags
-            if index is None:
-                reply = wire.IndexReply(result.status, flags)
-            else:
-                reply = wire.IndexReply(
-                    result.status, flags, index.offset, index.packet_size,
-                    index.content_size, index.timestamp_begin, index.timestamp_end,
-                    index.events_discarded, index.stream_id,
-                )
-        log.debug("%s: GET_NEXT_INDEX %d: %s %s", self.name, request.stream_id,
-                  reply.status.name, reply.flags)
-        await self.socket.send(reply.encode())
+            reply = wire.IndexReply(
+                result.status, result.flags, index.offset, index.packet_size,
+                index.content_size, index.timestamp_begin, index.timestamp_end,
+                index.events_discarded, index.stream_id,
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: GET_NEXT_INDEX %d: %s %s", self.name, request.stream_id,
+                      reply.status.name, reply.flags)
+        return reply.encode()
 
-    async def _get_packet(self, request: wire.GetPacket) -> None:
+    def _packet(self, request: wire.GetPacket) -> None:
         packet = None
         if self.viewer is not None and 0 < request.length <= wire.MAX_PACKET_REQUEST:
             packet = self.viewer.get_packet(request.stream_id, request.offset, request.length)
         if packet is None:
-            await self.socket.send(wire.PacketReply(wire.PacketStatus.ERR).encode())
+            self.output.append(wire.PacketReply(wire.PacketStatus.ERR).encode())
             return
-        header = wire.PacketReply.HEADER.pack(wire.PacketStatus.OK, packet.length, 0)
-        await self.socket.send(header, more=True)
-        await self.socket.send_file(packet)
+        self.output.append(_PACKET_HEADER.pack(wire.PacketStatus.OK, packet.length, 0))
+        self.output.append(packet)
 
-    async def _get_metadata(self, request: wire.GetMetadata) -> None:
+    def _metadata(self, request: wire.GetMetadata) -> bytes:
         if self.viewer is None:
-            reply = wire.MetadataReply(wire.MetadataStatus.ERR)
-        else:
-            status, data = self.viewer.get_metadata(request.stream_id)
-            reply = wire.MetadataReply(status, data)
-        await self.socket.send(reply.encode())
+            return wire.MetadataReply(wire.MetadataStatus.ERR).encode()
+        status, data = self.viewer.get_metadata(request.stream_id)
+        return wire.MetadataReply(status, data).encode()
 
-    async def _detach(self, request: wire.DetachSession) -> None:
+    def _detach(self, request: wire.DetachSession) -> bytes:
         if self.viewer is None:
-            reply = wire.DetachSessionReply(wire.DetachStatus.ERR)
-        else:
-            reply = wire.DetachSessionReply(
-                self.viewer.detach(request.session_id))
-        await self.socket.send(reply.encode())
+            return wire.DetachSessionReply(wire.DetachStatus.ERR).encode()
+        return wire.DetachSessionReply(self.viewer.detach(request.session_id)).encode()
+
+    # ----------------------------------------------------------------- end
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.info("%s: disconnected (%s)", self.name, reason)
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+        if self.writing:
+            self.loop.remove_writer(self.fd)
+        self.reading = self.writing = False
+        self.output.clear()
+        if self.viewer is not None:
+            self.viewer.close()
+            self.viewer = None
+        self.relay.fd_pool.unhold()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.server.connections.discard(self)
 
 
 class LiveServer:
-    """Accepts viewers on the live port and runs one `LiveConnection` task each."""
+    """Accepts viewers on the live port and serves them on the running event loop."""
 
     def __init__(self, relay: Relay, listener: socket.socket) -> None:
         self.relay = relay
         self.listener = listener
         self.listener.setblocking(False)
-        self.connections: set[asyncio.Task[None]] = set()
-        self._accepting: asyncio.Task[None] | None = None
+        self.connections: set[LiveConnection] = set()
+        self.loop = asyncio.get_running_loop()
+        self._paused_accept: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+        self.loop.add_reader(self.listener.fileno(), self._accept)
 
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
             try:
-                sock, address = await loop.sock_accept(self.listener)
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as error:
-                if error.errno in (errno.EMFILE, errno.ENFILE):
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.error("live port: cannot accept a viewer: %s", error)
-                    await asyncio.sleep(0.1)
+                    self._pause_accepting(0.1)
+                    return
+                if error.errno in (errno.ECONNABORTED, errno.EPERM):
                     continue
                 raise
             self.relay.fd_pool.hold()
             name = f"viewer {address[0]}:{address[1]}"
             log.info("%s: connected", name)
-            task = loop.create_task(LiveConnection(self.relay, sock, name).serve())
-            self.connections.add(task)
-            task.add_done_callback(self.connections.discard)
+            connection = LiveConnection(self, sock, name)
+            self.connections.add(connection)
+            connection.start()
+
+    def _pause_accepting(self, delay: float) -> None:
+        fd = self.listener.fileno()
+        self.loop.remove_reader(fd)
+
+        def resume() -> None:
+            self._paused_accept = None
+            self.loop.add_reader(fd, self._accept)
+
+        self._paused_accept = self.loop.call_later(delay, resume)
 
     async def stop(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
-        for task in list(self.connections):
-            task.cancel()
-        await asyncio.gather(*self.connections, return_exceptions=True)
+        if self._paused_accept is not None:
+            self._paused_accept.cancel()
+        with contextlib.suppress(OSError, ValueError):
+            self.loop.remove_reader(self.listener.fileno())
+        for connection in list(self.connections):
+            connection.close("relay shutting down")
         with contextlib.suppress(OSError):
             self.listener.close()
