@@ -22,6 +22,7 @@ from pyrelayd.model.relay import Relay
 from pyrelayd.model.viewer import PacketRange, ViewerSession, ViewerStream
 from pyrelayd.protocol import viewer as wire
 from pyrelayd.protocol.viewer import Command
+from pyrelayd.server.listener import Acceptor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ _HEADER = wire.CommandHeader.FORMAT
 # Every request (header and fixed payload) is far smaller than this; a viewer that pipelines
 # requests faster than it reads replies simply stops being read.
 _INPUT_BUFFER_SIZE = 4096
-_ACCEPT_BATCH = 64
 _PACKET_HEADER = wire.PacketReply.HEADER
 
 Output = bytes | PacketRange
@@ -342,52 +342,22 @@ class LiveServer:
 
     def __init__(self, relay: Relay, listener: socket.socket) -> None:
         self.relay = relay
-        self.listener = listener
-        self.listener.setblocking(False)
         self.connections: set[LiveConnection] = set()
         self.loop = asyncio.get_running_loop()
-        self._paused_accept: asyncio.TimerHandle | None = None
+        self.acceptor = Acceptor("live", listener, self._accepted)
 
     def start(self) -> None:
-        self.loop.add_reader(self.listener.fileno(), self._accept)
+        self.acceptor.start()
 
-    def _accept(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, address = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("live port: cannot accept a viewer: %s", error)
-                    self._pause_accepting(0.1)
-                    return
-                if error.errno in (errno.ECONNABORTED, errno.EPERM):
-                    continue
-                raise
-            self.relay.fd_pool.hold()
-            name = f"viewer {address[0]}:{address[1]}"
-            log.info("%s: connected", name)
-            connection = LiveConnection(self, sock, name)
-            self.connections.add(connection)
-            connection.start()
-
-    def _pause_accepting(self, delay: float) -> None:
-        fd = self.listener.fileno()
-        self.loop.remove_reader(fd)
-
-        def resume() -> None:
-            self._paused_accept = None
-            self.loop.add_reader(fd, self._accept)
-
-        self._paused_accept = self.loop.call_later(delay, resume)
+    def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.relay.fd_pool.hold()
+        name = f"viewer {address[0]}:{address[1]}"
+        log.info("%s: connected", name)
+        connection = LiveConnection(self, sock, name)
+        self.connections.add(connection)
+        connection.start()
 
     async def stop(self) -> None:
-        if self._paused_accept is not None:
-            self._paused_accept.cancel()
-        with contextlib.suppress(OSError, ValueError):
-            self.loop.remove_reader(self.listener.fileno())
+        self.acceptor.close()
         for connection in list(self.connections):
             connection.close("relay shutting down")
-        with contextlib.suppress(OSError):
-            self.listener.close()
