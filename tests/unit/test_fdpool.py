@@ -76,3 +76,47 @@ def test_a_closed_pooled_file_cannot_be_written(tmp_path: Path) -> None:
 def test_a_pool_without_room_is_refused() -> None:
     with pytest.raises(ValueError):
         FdPool(limit=0)
+
+
+def test_appends_in_a_batch_are_written_when_it_ends(tmp_path: Path) -> None:
+    pool = FdPool()
+    file = PooledFile.create(pool, lambda: tmp_path / "data")
+    with pool.batch():
+        file.append(b"abc")
+        file.append(memoryview(b"defg")[1:])
+        file.write_zeros(2)
+        assert (tmp_path / "data").read_bytes() == b""  # deferred
+        assert file.size == 8
+    assert (tmp_path / "data").read_bytes() == b"abcefg\0\0"
+    file.append(b"!")  # outside a batch: at once
+    assert (tmp_path / "data").read_bytes() == b"abcefg\0\0!"
+
+
+def test_any_other_use_of_a_file_does_its_pending_appends_first(tmp_path: Path) -> None:
+    pool = FdPool(limit=1)
+    first = PooledFile.create(pool, lambda: tmp_path / "first")
+    with pool.batch():
+        first.append(b"12345")
+        assert first.read(5, 0) == b"12345"
+        first.append(b"678")
+        first.truncate(7)
+        first.append(b"9")
+        # Opening a second file evicts the first: its pending append is written first.
+        second = PooledFile.create(pool, lambda: tmp_path / "second")
+        assert (tmp_path / "first").read_bytes() == b"12345679"
+        second.append(b"x")
+        first.write(b"0")  # a plain write keeps the order
+        second.close()
+        assert (tmp_path / "second").read_bytes() == b"x"
+    assert (tmp_path / "first").read_bytes() == b"123456790"
+    assert pool.dirty == []
+
+
+def test_many_appends_are_written_by_the_batch_in_order(tmp_path: Path) -> None:
+    pool = FdPool()
+    file = PooledFile.create(pool, lambda: tmp_path / "data")
+    pieces = [bytes([i % 251]) * (i % 7 + 1) for i in range(5000)]  # over the iovec limit
+    with pool.batch():
+        for piece in pieces:
+            file.append(piece)
+    assert (tmp_path / "data").read_bytes() == b"".join(pieces)

@@ -35,7 +35,7 @@ class IndexFile:
             self.file.close()
 
     def append(self, index: PacketIndex) -> None:
-        self.file.write(index.encode(self.index_minor))
+        self.file.append(index.encode(self.index_minor))
 
 
 @dataclasses.dataclass(slots=True)

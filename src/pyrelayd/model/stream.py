@@ -177,6 +177,11 @@ class RelayStream:
         assert self.data_file is not None
         self.data_file.write(data)
 
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Packet bytes: deferred within an fd pool batch (see `PooledFile.append`)."""
+        assert self.data_file is not None
+        self.data_file.append(data)
+
     def end_packet(self, net_seq_num: int, data_size: int, padding_size: int) -> None:
         """The packet's payload is on disk: pad it, index it, and advance the stream."""
         assert self.data_file is not None

@@ -406,7 +406,11 @@ class ControlProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         try:
-            self._process()
+            with self.relay.fd_pool.batch():  # the index records of this read: one write
+                self._process()
+        except OSError as error:
+            log.error("%s: cannot write: %s", self.handler.name, error)
+            self.abort()
         except Exception:
             log.exception("%s: internal error", self.handler.name)
             self.abort()

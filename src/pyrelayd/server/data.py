@@ -55,7 +55,9 @@ class DataProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
-            self._consume(_shared_buffer, len(self.partial_header) + nbytes)
+            # Appends point into the shared buffer: the batch writes them before the next read.
+            with self.relay.fd_pool.batch():
+                self._consume(_shared_buffer, len(self.partial_header) + nbytes)
         except (StreamError, wire.ProtocolError, OSError) as error:
             log.warning("%s: %s", self.name, error)
             self.abort()
@@ -107,7 +109,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             take = min(end - position, self.payload_left)
             assert self.stream is not None
             if not self.stream.closed:  # a stream aborted mid-packet drops the rest
-                self.stream.write(view[position : position + take])
+                self.stream.append(view[position : position + take])
             position += take
             self.payload_left -= take
             if self.payload_left == 0:

@@ -5,13 +5,21 @@ file and an index file. Every such file is a `PooledFile` that writes at an expl
 (`pwrite`), so its descriptor can be closed when the pool is full and reopened later (by its
 current path: a chunk directory may have been renamed meanwhile) without changing what is
 written. The least recently used descriptors are closed first.
+
+Appends (`PooledFile.append`) made inside `FdPool.batch()` are deferred: the many small writes
+of one read from a connection (packets, padding, index records) then leave as one `pwritev`
+per file when the batch ends, before the connection's handler returns to the event loop, so
+nothing else (a viewer, a control command) ever sees a file with writes still pending. Any
+other operation on a file does its own pending writes first. Outside a batch, appends are
+written at once.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyrelayd.storage import files
@@ -31,6 +39,30 @@ class FdPool:
         self._open: collections.OrderedDict[PooledFile, None] = collections.OrderedDict()
         self.held = 0
         self.reopened = 0  # descriptors reopened after eviction (for metrics and tests)
+        self.dirty: list[PooledFile] = []  # files with deferred writes
+        self.batching = 0  # depth of nested `batch()` blocks
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Defer appends until the end of the block (the outermost one, if nested)."""
+        self.batching += 1
+        try:
+            yield
+        finally:
+            self.batching -= 1
+            if not self.batching:
+                self.flush()
+
+    def flush(self) -> None:
+        """Do every deferred write; the first error is raised once all were tried."""
+        failure: OSError | None = None
+        while self.dirty:
+            try:
+                self.dirty.pop().flush()
+            except OSError as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def hold(self, count: int = 1) -> None:
         """`count` descriptors the pool cannot close are about to be opened: make room."""
@@ -62,16 +94,24 @@ class FdPool:
         self._open.pop(file, None)
 
 
-class PooledFile:
-    """A file written sequentially through the pool; `size` is where the next write goes."""
+# Deferred writes of one file leave in one pwritev of at most this many buffers / bytes.
+_MAX_PENDING_BUFFERS = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024)
+_MAX_PENDING_BYTES = 4 << 20
 
-    __slots__ = ("_fd", "_path", "closed", "pool", "size")
+
+class PooledFile:
+    """A file written sequentially through the pool; `size` is where the next write goes
+    (deferred writes included)."""
+
+    __slots__ = ("_fd", "_path", "_pending", "_pending_size", "closed", "pool", "size")
 
     def __init__(self, pool: FdPool, path: Callable[[], Path], fd: int, size: int = 0) -> None:
         self.pool = pool
         self._path = path  # resolved again at each reopen
         self._fd: int | None = fd
         self.size = size
+        self._pending: list[bytes | bytearray | memoryview] = []
+        self._pending_size = 0
         self.closed = False
         pool._admit(self)
 
@@ -80,6 +120,11 @@ class PooledFile:
         return cls(pool, path, files.create_file(path()))
 
     def fileno(self) -> int:
+        """An open descriptor on the file with every write done."""
+        self.flush()
+        return self._descriptor()
+
+    def _descriptor(self) -> int:
         """An open descriptor (reopening the file if the pool had closed it)."""
         if self._fd is not None:
             self.pool._touch(self)
@@ -93,6 +138,8 @@ class PooledFile:
         return fd
 
     def _suspend(self) -> None:
+        if self._pending and self._fd is not None:
+            self._write_pending(self._fd)
         files.close_quietly(self._fd)
         self._fd = None
 
@@ -104,10 +151,48 @@ class PooledFile:
             self.size += written
             view = view[written:]
 
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at the end, deferred in a batch (`data` must not change until the
+        batch ends)."""
+        if not self.pool.batching:
+            self.write(data)
+            return
+        if not data:
+            return
+        if not self._pending:
+            self.pool.dirty.append(self)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self.size += len(data)
+        if (len(self._pending) >= _MAX_PENDING_BUFFERS
+                or self._pending_size >= _MAX_PENDING_BYTES):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._write_pending(self._descriptor())
+
+    def _write_pending(self, fd: int) -> None:
+        pending, size = self._pending, self._pending_size
+        self._pending, self._pending_size = [], 0
+        offset = self.size - size
+        written = os.pwritev(fd, pending, offset)
+        if written < size:  # rare (a signal, a nearly full disk): finish the rest
+            rest = memoryview(b"".join(pending))[written:]
+            offset += written
+            while rest:
+                try:
+                    count = os.pwrite(fd, rest, offset)
+                except OSError:
+                    self.size = offset  # what is really in the file
+                    raise
+                offset += count
+                rest = rest[count:]
+
     def write_zeros(self, count: int) -> None:
         while count > 0:
             chunk = min(count, len(files.ZEROS))
-            self.write(memoryview(files.ZEROS)[:chunk])
+            self.append(memoryview(files.ZEROS)[:chunk])
             count -= chunk
 
     def read(self, length: int, offset: int) -> bytes:
@@ -120,6 +205,11 @@ class PooledFile:
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
-        self.pool._forget(self)
-        self._suspend()
+        try:
+            self.flush()
+        finally:
+            self.closed = True
+            self.pool._forget(self)
+            self._pending, self._pending_size = [], 0
+            files.close_quietly(self._fd)
+            self._fd = None
