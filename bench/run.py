@@ -65,7 +65,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
             IdleConfig(20, idle_s=0.5),
         )
     return Sizes(
-        IngestConfig(GIB, repeat=3),
+        IngestConfig(GIB, repeat=5),
         E2EConfig(FULL_EVENTS if full else 1_000_000),
         ManyConfig(200, 8, GIB),
         LiveConfig(512 * MIB, repeat=3),
