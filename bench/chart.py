@@ -88,11 +88,15 @@ def _memory(ax: Any, many: list[ManyResult], idle: list[IdleResult]) -> None:
         labels.append("3. many\nVmHWM")
         for kind in RELAY_KINDS:
             series[kind].append(next((r.hwm_kib / 1024 for r in many if r.relay == kind), 0.0))
-    for pool in dict.fromkeys(r.fd_pool_size for r in idle):
-        labels.append(f"5. idle, pool\n{pool or 'default'}: VmRSS")
+    for result in idle:
+        if result.relay != RELAY_KINDS[0]:
+            continue
+        label = (f"limit {result.nofile}" if result.nofile
+                 else f"pool {result.fd_pool_size or 'default'}")
+        labels.append(f"5. idle,\n{label}: VmRSS")
         for kind in RELAY_KINDS:
             series[kind].append(next((r.rss_kib / 1024 for r in idle if r.relay == kind
-                                      and r.fd_pool_size == pool and not r.failure), 0.0))
+                                      and r.label == result.label and not r.failure), 0.0))
     _bars(ax, labels, series)
     ax.set_title("Relay memory, MiB (log scale)")
     ax.set_yscale("log")

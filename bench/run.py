@@ -62,7 +62,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
             E2EConfig(SMOKE_EVENTS),
             ManyConfig(5, 2, 2 * MIB),
             LiveConfig(4 * MIB, (1, 2), viewer_timeout_s=30, settle_s=0.05),
-            IdleConfig(20, idle_s=0.5),
+            IdleConfig(20, idle_s=0.5, limited_sessions=5, limited_streams=40),
         )
     return Sizes(
         IngestConfig(GIB, repeat=5),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,21 @@ def test_many_appends_are_written_by_the_batch_in_order(tmp_path: Path) -> None:
         for piece in pieces:
             file.append(piece)
     assert (tmp_path / "data").read_bytes() == b"".join(pieces)
+
+
+def test_a_pool_as_large_as_the_process_limit_never_runs_out(tmp_path: Path) -> None:
+    # The pool makes room before it opens a file: at the limit, opening first would fail.
+    code = """
+import os, resource, sys
+from pathlib import Path
+from pyrelayd.storage.fdpool import FdPool, PooledFile
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+pool = FdPool(64 - (len(os.listdir("/proc/self/fd")) - 1))
+files = [PooledFile.create(pool, lambda i=i: Path(sys.argv[1]) / f"f{i}") for i in range(300)]
+for i, file in enumerate(files):
+    file.write(b"%d" % i)
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "f299").read_bytes() == b"299"

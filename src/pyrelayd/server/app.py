@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
@@ -23,13 +24,19 @@ ReadyCallback = Callable[[dict[str, int]], None]
 
 
 def fd_budget(fd_pool_size: int | None) -> int:
-    """Descriptors the relay may have open at once: the pool size, or the process limit.
-
-    A few are kept in reserve for the listeners, the event loop and logging.
-    """
+    """Descriptors the relay may have open at once: the pool size, or the process limit."""
     if fd_pool_size is None:
         fd_pool_size, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(1, fd_pool_size - RELAYD_FD_POOL_SIZE_RESERVE)
+        if fd_pool_size == resource.RLIM_INFINITY:
+            fd_pool_size = 1 << 20
+    return fd_pool_size
+
+
+def open_descriptor_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus the one listing the directory
+    except OSError:
+        return 0
 
 
 def _apply_keep_alive(sock: socket.socket, settings: TcpKeepAlive) -> None:
@@ -55,7 +62,7 @@ class RelayDaemon:
             output_root=options.output_root,
             group_output_by=options.group_output_by,
             allow_clear=options.allow_clear,
-            fd_pool_size=fd_budget(options.fd_pool_size),
+            fd_pool_size=fd_budget(options.fd_pool_size),  # narrowed once listening
         ))
         self.connections: set[asyncio.BaseProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
@@ -94,6 +101,12 @@ class RelayDaemon:
         await self._listen("data", self.options.data, data)
         self.live = LiveServer(self.relay, self._live_listener(self.options.live))
         self.live.start()
+        # What the pool may use: the budget minus what is open now (standard streams, the
+        # event loop's own descriptors, listeners) and a margin for sockets being accepted.
+        untracked = open_descriptor_count() + RELAYD_FD_POOL_SIZE_RESERVE
+        self.relay.fd_pool.limit = max(1, fd_budget(self.options.fd_pool_size) - untracked)
+        log.info("fd pool: %d descriptors for stream files, sockets and viewers",
+                 self.relay.fd_pool.limit)
 
     def _live_listener(self, address: ListenAddress) -> socket.socket:
         family = socket.AF_INET6 if address.ipv6 else socket.AF_INET

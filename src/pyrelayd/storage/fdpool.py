@@ -117,6 +117,7 @@ class PooledFile:
 
     @classmethod
     def create(cls, pool: FdPool, path: Callable[[], Path]) -> PooledFile:
+        pool._evict(1)  # room first: at the limit, opening before evicting would fail
         return cls(pool, path, files.create_file(path()))
 
     def fileno(self) -> int:
@@ -131,6 +132,7 @@ class PooledFile:
             return self._fd
         if self.closed:
             raise ValueError("file is closed")
+        self.pool._evict(1)
         fd = os.open(self._path(), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.pool.reopened += 1
         self.pool._admit(self)
