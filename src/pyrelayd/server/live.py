@@ -31,6 +31,7 @@ _HEADER = wire.CommandHeader.FORMAT
 # requests faster than it reads replies simply stops being read.
 _INPUT_BUFFER_SIZE = 4096
 _PACKET_HEADER = wire.PacketReply.HEADER
+_PAYLOAD_SIZES: dict[int, int] = {int(c): size for c, size in wire.REQUEST_PAYLOAD_SIZE.items()}
 
 Output = bytes | PacketRange
 
@@ -94,6 +95,9 @@ class LiveConnection:
             self.writing = want_write
 
     def _readable(self) -> None:
+        if self.input_length == len(self.input):  # cannot happen: requests are small
+            self.close("input buffer full")
+            return
         try:
             count = self.sock.recv_into(self.input_view[self.input_length:])
         except (BlockingIOError, InterruptedError):
@@ -193,11 +197,10 @@ class LiveConnection:
             return False
         view = self.input_view
         _data_size, command, _version = _HEADER.unpack_from(view)
-        try:
-            size = wire.REQUEST_PAYLOAD_SIZE[Command(command)]
-        except (ValueError, KeyError):
+        size = _PAYLOAD_SIZES.get(command)
+        if size is None:
             raise wire.ProtocolError(f"unknown viewer command {command}",
-                                     reply=wire.UNKNOWN_COMMAND_REPLY) from None
+                                     reply=wire.UNKNOWN_COMMAND_REPLY)
         end = _HEADER.size + size
         if length < end:
             return False
