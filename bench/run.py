@@ -66,7 +66,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
         )
     return Sizes(
         IngestConfig(GIB, repeat=5),
-        E2EConfig(FULL_EVENTS if full else 1_000_000),
+        E2EConfig(FULL_EVENTS if full else 1_000_000, repeat=5),
         ManyConfig(200, 8, GIB),
         LiveConfig(512 * MIB, repeat=3),
         IdleConfig(1000, idle_s=5.0),
