@@ -178,7 +178,11 @@ class PooledFile:
         pending, size = self._pending, self._pending_size
         self._pending, self._pending_size = [], 0
         offset = self.size - size
-        written = os.pwritev(fd, pending, offset)
+        try:
+            written = os.pwritev(fd, pending, offset)
+        except OSError:
+            self.size = offset  # what is really in the file
+            raise
         if written < size:  # rare (a signal, a nearly full disk): finish the rest
             rest = memoryview(b"".join(pending))[written:]
             offset += written
