@@ -62,8 +62,9 @@ class RelayDaemon:
             output_root=options.output_root,
             group_output_by=options.group_output_by,
             allow_clear=options.allow_clear,
-            fd_pool_size=fd_budget(options.fd_pool_size),  # narrowed once listening
+            fd_pool_size=None,  # limited in `start`, once what is already open is known
         ))
+        self.fd_budget = fd_budget(options.fd_pool_size)
         self.connections: set[asyncio.BaseProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.ports: dict[str, int] = {}
@@ -104,7 +105,7 @@ class RelayDaemon:
         # What the pool may use: the budget minus what is open now (standard streams, the
         # event loop's own descriptors, listeners) and a margin for sockets being accepted.
         untracked = open_descriptor_count() + RELAYD_FD_POOL_SIZE_RESERVE
-        self.relay.fd_pool.limit = max(1, fd_budget(self.options.fd_pool_size) - untracked)
+        self.relay.fd_pool.limit = max(1, self.fd_budget - untracked)
         log.info("fd pool: %d descriptors for stream files, sockets and viewers",
                  self.relay.fd_pool.limit)
 

@@ -128,7 +128,7 @@ class LiveConnection:
             if error.reply:
                 self.output.append(error.reply)
             self.close_when_sent = True
-            self._serve_closing()
+            self._serve()  # sends the reply (no more requests are read), then closes
             return
         except Exception:
             log.exception("%s: internal error", self.name)
@@ -138,17 +138,6 @@ class LiveConnection:
             self.close("protocol error")
             return
         self._set_interest()
-
-    def _serve_closing(self) -> None:
-        try:
-            self._send_pending()
-        except ViewerGone as reason:
-            self.close(str(reason))
-            return
-        if not self.output:
-            self.close("protocol error")
-        else:
-            self._set_interest()
 
     # ----------------------------------------------------------------- output
 

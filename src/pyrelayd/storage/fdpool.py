@@ -146,7 +146,10 @@ class PooledFile:
         self._fd = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        fd = self.fileno()
+        self._write_at_end(self.fileno(), data)
+
+    def _write_at_end(self, fd: int, data: bytes | bytearray | memoryview) -> None:
+        """pwrite all of `data` at `size`; `size` always tells what is really in the file."""
         view = memoryview(data)
         while view:
             written = os.pwrite(fd, view, self.size)
@@ -177,23 +180,11 @@ class PooledFile:
     def _write_pending(self, fd: int) -> None:
         pending, size = self._pending, self._pending_size
         self._pending, self._pending_size = [], 0
-        offset = self.size - size
-        try:
-            written = os.pwritev(fd, pending, offset)
-        except OSError:
-            self.size = offset  # what is really in the file
-            raise
+        self.size -= size  # back to what is really in the file until written
+        written = os.pwritev(fd, pending, self.size)
+        self.size += written
         if written < size:  # rare (a signal, a nearly full disk): finish the rest
-            rest = memoryview(b"".join(pending))[written:]
-            offset += written
-            while rest:
-                try:
-                    count = os.pwrite(fd, rest, offset)
-                except OSError:
-                    self.size = offset  # what is really in the file
-                    raise
-                offset += count
-                rest = rest[count:]
+            self._write_at_end(fd, memoryview(b"".join(pending))[written:])
 
     def write_zeros(self, count: int) -> None:
         while count > 0:
@@ -216,6 +207,5 @@ class PooledFile:
         finally:
             self.closed = True
             self.pool._forget(self)
-            self._pending, self._pending_size = [], 0
-            files.close_quietly(self._fd)
-            self._fd = None
+            self._pending, self._pending_size = [], 0  # lost if the flush failed
+            self._suspend()
