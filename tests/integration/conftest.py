@@ -1,10 +1,19 @@
-"""Fixtures driving real LTTng 2.13 peers (session daemon, consumer daemons, traced apps,
-babeltrace2) against a relay daemon: pyrelayd by default, the C `lttng-relayd` with
-`PYRELAYD_TEST_RELAY=c`, or both (every relay test runs twice) with `PYRELAYD_TEST_RELAY=both`.
+"""Fixtures driving real LTTng peers (session daemon, consumer daemons, traced apps,
+babeltrace2) against a relay daemon: pyrelayd by default, the C `lttng-relayd` of the peers'
+release with `PYRELAYD_TEST_RELAY=c`, or both (every relay test runs twice) with
+`PYRELAYD_TEST_RELAY=both`.
+
+Every test that uses the peers runs once per installation of them (`peers`): "2.13" (Debian
+12: LTTng 2.13, babeltrace2 2.0) and "2.16" (the sid chroot of scripts/peers-sid: LTTng 2.16
+in its default CTF 2, babeltrace2 2.1); tests marked `ctf_1_8_too` also run with "2.16-ctf-1.8"
+(LTTng 2.16 sessions created with `--trace-format=ctf-1.8`). PYRELAYD_TEST_PEERS=2.13,2.16
+picks others. Peers that cannot run here are skipped, or fail the tests when
+PYRELAYD_TEST_REQUIRE_PEERS=1 (scripts/test sets it).
 
 Fixtures (see lttng_env.py for the objects they return):
 
-* `sessiond` (session scope): a root `lttng-sessiond` in a private mount namespace.
+* `peers` (session scope, parametrized): the `Peers` in use.
+* `sessiond` (session scope): a root `lttng-sessiond` of those peers in its own sandbox.
 * `apps` (session scope): `TracedApps`, runs the C test app and the Python-agent app there.
 * `relay_kind`: "c" or "py", parametrized from PYRELAYD_TEST_RELAY.
 * `relay_factory`: `(kind=None, extra_args=()) -> Relay`, started, listening, stopped after the
@@ -14,9 +23,10 @@ Fixtures (see lttng_env.py for the objects they return):
   name=None) -> Session`; sessions left undestroyed are destroyed after the test.
 * `live_viewer_factory`: `(relay, session_name) -> LiveViewer`, stopped after the test.
 
-Environment: PYRELAYD_TEST_RELAY (py | c | both), PYRELAYD_TEST_KEEP=1 keeps the session
-daemon's directory (its log) after the run, PYRELAYD_TEST_RELAY_VERBOSE=1 starts relays with
--vvv. On failure the relay logs and the session daemon's log tail are attached to the report.
+Environment: PYRELAYD_TEST_RELAY (py | c | both), PYRELAYD_TEST_PEERS, PYRELAYD_TEST_KEEP=1
+keeps the session daemon's directory (its log) after the run, PYRELAYD_TEST_RELAY_VERBOSE=1
+starts relays with -vvv. On failure the relay logs and the session daemon's log tail are
+attached to the report.
 """
 
 from __future__ import annotations
@@ -32,19 +42,29 @@ from pathlib import Path
 import pytest
 
 from .lttng_env import (
+    ALL_PEERS,
+    PEERS_ENV_VAR,
     RELAY_ENV_VAR,
     RELAY_KINDS,
+    REQUIRE_PEERS_ENV_VAR,
     CommandError,
     LiveViewer,
+    Peers,
     Relay,
     RelayKind,
     Session,
     SessionDaemon,
     TracedApps,
     build_c_app,
-    host_has_lttng,
+    peers_unavailable,
     start_relay,
+    trace_tools_of,
 )
+
+#: The peers every test runs with, unless PYRELAYD_TEST_PEERS says otherwise.
+DEFAULT_PEERS = ("2.13", "2.16")
+#: ... and those of the tests marked `ctf_1_8_too`.
+CTF_1_8_TOO_PEERS = ("2.13", "2.16", "2.16-ctf-1.8")
 
 RelayFactory = Callable[..., Relay]
 SessionFactory = Callable[..., Session]
@@ -60,10 +80,35 @@ def selected_relay_kinds() -> list[RelayKind]:
     return [value]
 
 
+def selected_peers(marked_ctf_1_8_too: bool) -> list[str]:
+    value = os.environ.get(PEERS_ENV_VAR, "").strip()
+    if not value:
+        return list(CTF_1_8_TOO_PEERS if marked_ctf_1_8_too else DEFAULT_PEERS)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_PEERS]
+    if unknown:
+        raise pytest.UsageError(
+            f"{PEERS_ENV_VAR}: unknown peers {unknown}; known: {', '.join(ALL_PEERS)}"
+        )
+    return names
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "ctf_1_8_too: also run with LTTng 2.16 peers writing CTF 1.8"
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "relay_kind" in metafunc.fixturenames:
         kinds = selected_relay_kinds()
         metafunc.parametrize("relay_kind", kinds, ids=[f"relay={k}" for k in kinds])
+    if "peers" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker("ctf_1_8_too") is not None
+        names = selected_peers(marked)
+        metafunc.parametrize(
+            "peers", names, ids=[f"lttng={n}" for n in names], indirect=True, scope="session"
+        )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -84,32 +129,49 @@ def _test_failed(node: pytest.Item) -> bool:
 
 
 @pytest.fixture(scope="session")
-def lttng_host() -> None:
-    reason = host_has_lttng()
+def peers(request: pytest.FixtureRequest) -> Peers:
+    """The installation of the LTTng peers this test runs with (parametrized)."""
+    chosen = ALL_PEERS[request.param]
+    reason = peers_unavailable(chosen)
     if reason is not None:
-        pytest.skip(f"real LTTng peers unavailable: {reason}")
+        message = f"LTTng {chosen.name} peers unavailable: {reason}"
+        if os.environ.get(REQUIRE_PEERS_ENV_VAR) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return chosen
 
 
 @pytest.fixture(scope="session")
-def lttng_tmpdir(lttng_host: None) -> Iterator[Path]:
-    """Scratch directory of this pytest process (sessiond home and log, app build), removed at
-    the end unless PYRELAYD_TEST_KEEP=1."""
-    path = Path(tempfile.mkdtemp(prefix="pyrelayd-lttng-"))
+def lttng_tmpdir(peers: Peers) -> Iterator[Path]:
+    """Scratch directory of this pytest process and peers (sessiond home and log, app build),
+    removed at the end unless PYRELAYD_TEST_KEEP=1."""
+    path = Path(tempfile.mkdtemp(prefix=f"pyrelayd-lttng-{peers.name}-"))
     yield path
     if os.environ.get("PYRELAYD_TEST_KEEP") != "1":
         shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def sessiond(lttng_tmpdir: Path) -> Iterator[SessionDaemon]:
-    daemon = SessionDaemon.start(lttng_tmpdir / "sessiond")
+def sessiond(peers: Peers, lttng_tmpdir: Path) -> Iterator[SessionDaemon]:
+    daemon = SessionDaemon.start(lttng_tmpdir / "sessiond", peers)
     yield daemon
     daemon.stop()
 
 
 @pytest.fixture(scope="session")
 def apps(sessiond: SessionDaemon, lttng_tmpdir: Path) -> TracedApps:
-    return TracedApps(sessiond, build_c_app(lttng_tmpdir / "build"))
+    return TracedApps(sessiond, build_c_app(lttng_tmpdir / "build", sessiond.sandbox))
+
+
+@pytest.fixture(autouse=True)
+def _trace_tools(request: pytest.FixtureRequest) -> Iterator[None]:
+    """babeltrace2 and bt2 of the peers in use (2.1 in the sid chroot, else the host's)."""
+    if "sessiond" not in request.fixturenames:
+        yield
+        return
+    daemon: SessionDaemon = request.getfixturevalue("sessiond")
+    with trace_tools_of(daemon.sandbox):
+        yield
 
 
 @pytest.fixture
@@ -117,9 +179,15 @@ def relay_factory(
     request: pytest.FixtureRequest, tmp_path: Path, relay_kind: RelayKind
 ) -> Iterator[RelayFactory]:
     relays: list[Relay] = []
+    # The C relay is that of the peers' release when the test has peers (2.16 in the chroot).
+    sandbox = (
+        request.getfixturevalue("sessiond").sandbox if "sessiond" in request.fixturenames
+        else None
+    )
 
     def start(kind: RelayKind | None = None, extra_args: Sequence[str] = ()) -> Relay:
-        relay = start_relay(kind or relay_kind, tmp_path / f"relay{len(relays)}", extra_args)
+        relay = start_relay(kind or relay_kind, tmp_path / f"relay{len(relays)}", extra_args,
+                            sandbox=sandbox)
         relays.append(relay)
         return relay
 

@@ -383,7 +383,9 @@ class Capture:
         return capture
 
     def _start_relay(self, kind: RelayKind, name: str) -> Relay:
-        relay = start_relay(kind, self.workdir / name, self.relay_args)
+        # The C relay is that of the session daemon's release (2.16 for the sid peers).
+        relay = start_relay(kind, self.workdir / name, self.relay_args,
+                            sandbox=self.sessiond.sandbox)
         self.relays.append(relay)
         return relay
 
@@ -399,10 +401,7 @@ class Capture:
         relay)."""
         assert self.proxy is not None
         args = ["create", name, f"--set-url={self.proxy.url(base_path)}"]
-        if live_timer_us is not None:
-            args.append(f"--live={live_timer_us}")
-        if snapshot:
-            args.append("--snapshot")
+        args += self.sessiond.create_options(live_timer_us=live_timer_us, snapshot=snapshot)
         self.sessiond.lttng(*args)
         session = Session(self.sessiond, name, None, live_timer_us, snapshot)
         self.sessions.append(session)

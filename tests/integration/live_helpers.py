@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import struct
 import subprocess
@@ -40,6 +38,7 @@ from .lttng_env import (
     APP_ENVIRONMENT,
     HOSTNAME,
     LiveViewer,
+    NamespacedPopen,
     Relay,
     Session,
     TracedApps,
@@ -67,7 +66,7 @@ def start_pinned_app(
     delay_us: int = 0,
     payload_bytes: int = 0,
     first_seq: int = 0,
-) -> subprocess.Popen[str]:
+) -> NamespacedPopen:
     """The C test app pinned to one CPU, so all its events go to one per-CPU stream."""
     argv = apps.c_app_argv(
         count, delay_us=delay_us, payload_bytes=payload_bytes, first_seq=first_seq
@@ -181,7 +180,7 @@ class ViewerPool:
 def kill_viewer(viewer: LiveViewer) -> None:
     """SIGKILL a babeltrace2 we started (by pid) and reap it."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(viewer.process.pid, signal.SIGKILL)
+        viewer.process.kill()  # babeltrace2 itself, also when it runs in a sandbox
     viewer.process.wait(timeout=10)
 
 
@@ -247,7 +246,9 @@ class RawViewer:
         self.send(encode_request(request))
         return self.receive(reply_type)
 
-    def connect(self, minor: int = 4) -> Connect:
+    def connect(self, minor: int = 15) -> Connect:
+        """CONNECT announcing viewer protocol 2.`minor` (15 sees CTF 2 sessions; babeltrace2
+        2.0 announces 4, which sees CTF 1.8 sessions only)."""
         reply = self.call(Connect(minor=minor), Connect)
         self.minor = min(minor, reply.minor)
         return reply

@@ -1,11 +1,18 @@
-"""Helpers that drive real LTTng 2.13 peers against a relay daemon (the C one or pyrelayd).
+"""Helpers that drive real LTTng peers against a relay daemon (the C one or pyrelayd).
+
+Two installations of the peers are used (`Peers`): the machine's own, Debian 12's LTTng 2.13
+and babeltrace2 2.0, and a Debian sid chroot built by `scripts/peers-sid` with LTTng 2.16 and
+babeltrace2 2.1 (CTF 2 by default).
 
 Isolation: the root session daemon owns `/run/lttng` (sockets, `agent.port`) and the UST wait
 shared memory in `/dev/shm`, which would collide with any other root session daemon on the
-machine. `SessionDaemon.start` therefore runs it in a private mount namespace with fresh tmpfs
-mounts on `/run` and `/dev/shm`; every `lttng` command and every traced application is then run
-inside that namespace with `nsenter --target PID --mount`. The network namespace is shared, so
-the relay daemon runs on the host side and is reached on 127.0.0.1.
+machine. Each installation in use therefore gets a `Sandbox`: a private mount and pid
+namespace, rooted in the installation (`/` or the chroot), with fresh tmpfs mounts on `/run`
+and `/dev/shm` and its own `/proc`. The session daemon, every `lttng` command, traced
+application, babeltrace2 and (for the chroot) the C lttng-relayd 2.16 run inside it with
+`nsenter`. The network namespace is shared, so pyrelayd runs on the host side and both meet on
+127.0.0.1; the chroot sees the host's temporary directory and this repository at the same
+paths, so every path means the same inside and outside.
 
 Everything here is synchronous and talks to processes by pid; every process started is
 stopped by pid (SIGTERM, then SIGKILL after a timeout).
@@ -31,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 APPS_DIR = INTEGRATION_DIR / "apps"
@@ -49,6 +56,47 @@ C_APP_EVENT = "pyrelayd_test:event"
 #: Logger used by the Python-agent test application (apps/agent_app.py).
 AGENT_LOGGER = "pyrelayd.test"
 AGENT_EVENT = "lttng_python:event"
+
+@dataclasses.dataclass(frozen=True)
+class Peers:
+    """One installation of the LTTng peers, and the trace format its sessions are created with.
+
+    `root` is `/` for the machine's own packages, else a chroot. `trace_format` is given to
+    `lttng create --trace-format` (None: the session daemon's default, CTF 1.8 before 2.15 and
+    CTF 2 from 2.15 on).
+    """
+
+    name: str
+    root: Path
+    lttng_version: tuple[int, int]
+    trace_format: Literal["ctf-1.8", "ctf-2"] | None = None
+
+    @property
+    def is_host(self) -> bool:
+        return self.root == Path("/")
+
+    @property
+    def writes_ctf2(self) -> bool:
+        """Whether this installation's sessions are CTF 2 (2.15+ default, or asked for)."""
+        if self.trace_format is not None:
+            return self.trace_format == "ctf-2"
+        return self.lttng_version >= (2, 15)
+
+
+#: Where `scripts/peers-sid` builds the Debian sid chroot (LTTng 2.16, babeltrace2 2.1).
+SID_ROOT = Path(os.environ.get("PYRELAYD_SID_ROOT", "/var/cache/pyrelayd/sid"))
+#: The chroot is complete once this file exists.
+SID_READY = ".pyrelayd-ready"
+
+HOST_PEERS = Peers("2.13", Path("/"), (2, 13))
+SID_PEERS = Peers("2.16", SID_ROOT, (2, 16))
+SID_CTF1_PEERS = Peers("2.16-ctf-1.8", SID_ROOT, (2, 16), trace_format="ctf-1.8")
+ALL_PEERS: dict[str, Peers] = {p.name: p for p in (HOST_PEERS, SID_PEERS, SID_CTF1_PEERS)}
+#: Environment variable selecting the peers: a comma-separated list of `ALL_PEERS` names.
+PEERS_ENV_VAR = "PYRELAYD_TEST_PEERS"
+#: When set to 1, peers that cannot run here fail the tests instead of skipping them (CI).
+REQUIRE_PEERS_ENV_VAR = "PYRELAYD_TEST_REQUIRE_PEERS"
+
 
 RelayKind = Literal["c", "py"]
 RELAY_KINDS: tuple[RelayKind, ...] = ("c", "py")
@@ -280,48 +328,230 @@ def listening_tcp_ports() -> set[int]:
 # --------------------------------------------------------------------------------------------
 # Session daemon in a private mount namespace
 
-# Fresh tmpfs on /run (holds /run/lttng == /var/run/lttng) and /dev/shm, then the daemon itself,
-# exec'ed so the pid we hold is the session daemon's.
-_NAMESPACE_SCRIPT = (
-    "set -e; "
-    "mount -t tmpfs -o mode=0755 pyrelayd-run /run; "
-    "mkdir -p /run/lttng; "
-    "mount -t tmpfs -o mode=1777 pyrelayd-shm /dev/shm; "
-    'exec "$@"'
-)
+# The sandbox's first process: mounts, then the chroot, then a reaper as pid 1 of the new pid
+# namespace. "$1" is the root, "$2" the host's temporary directory, "$3" this repository.
+_SANDBOX_SCRIPT = """
+set -e
+root="$1"; shift
+if [ "$root" != / ]; then
+    mount --rbind /dev "$root/dev"
+    mount --rbind /sys "$root/sys"
+    for shared in "$1" "$2"; do
+        mkdir -p "$root$shared"
+        mount --rbind "$shared" "$root$shared"
+    done
+fi
+shift 2
+mount -t proc proc "$root/proc"
+mount -t tmpfs -o mode=1777 pyrelayd-shm "$root/dev/shm"
+mount -t tmpfs -o mode=0755 pyrelayd-run "$root/run"
+mkdir -p "$root/run/lttng"
+exec chroot "$root" "$@"
+"""
+
+# pid 1 of the sandbox: says it is ready, reaps orphans, exits on SIGTERM (the kernel then
+# kills whatever is left in the namespace).
+_REAPER = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("ready", flush=True)
+while True:
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        time.sleep(0.2)
+"""
+
+
+class NamespacedPopen(subprocess.Popen[str]):
+    """A process started through `nsenter --pid`, which forks and waits for its child.
+
+    Signals go to the child (the real command), not to nsenter, which would die without
+    passing them on; `wait()` and the exit status are nsenter's, which returns the child's.
+    """
+
+    def inner_pid(self, timeout: float = 5.0) -> int | None:
+        """Host pid of the command, None once it is gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            children = descendant_pids(self.pid)
+            if children:
+                return children[0]
+            if self.poll() is not None or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.001)
+
+    def namespace_pid(self) -> int | None:
+        """The command's pid inside the sandbox (what the session daemon sees)."""
+        pid = self.inner_pid()
+        if pid is None:
+            return None
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+        return None
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is not None:
+            return
+        pid = self.inner_pid(timeout=0.5)
+        if pid is None:
+            super().send_signal(sig)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        # The command first, then nsenter itself, so that wait() always returns.
+        self.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class Sandbox:
+    """A private mount + pid namespace rooted in an installation of the LTTng peers."""
+
+    def __init__(self, peers: Peers, holder: subprocess.Popen[str], holder_pid: int) -> None:
+        self.peers = peers
+        self.holder = holder
+        self.pid = holder_pid  # host pid of the namespace's pid 1
+
+    @classmethod
+    def start(cls, peers: Peers, *, timeout: float = 20.0) -> Sandbox:
+        reason = peers_unavailable(peers)
+        if reason is not None:
+            raise RuntimeError(f"LTTng {peers.name} peers unavailable: {reason}")
+        argv = [
+            "unshare", "--mount", "--pid", "--fork", "--propagation", "private",
+            "sh", "-c", _SANDBOX_SCRIPT, "sh",
+            str(peers.root), tempfile.gettempdir(), str(REPO_ROOT),
+            "python3", "-c", _REAPER,
+        ]  # fmt: skip
+        holder = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert holder.stdout is not None
+        ready = holder.stdout.readline()
+        children = descendant_pids(holder.pid)
+        if ready.strip() != "ready" or not children:
+            stop_process(holder, 2.0)
+            raise RuntimeError(
+                f"sandbox for LTTng {peers.name} did not start:\n{holder.communicate()[1]}"
+            )
+        return cls(peers, holder, children[0])
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """`argv` wrapped to run in the sandbox (its root, mounts and pid namespace; cwd /)."""
+        return [
+            "nsenter", f"--target={self.pid}", "--mount", "--pid", "--root", "--wd", "--", *argv
+        ]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        return run_command(self.argv(argv), env=env, timeout=timeout, check=check)
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = subprocess.PIPE,
+    ) -> NamespacedPopen:
+        return NamespacedPopen(
+            self.argv(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True,
+            env=dict(env) if env is not None else None,
+        )  # fmt: skip
+
+    def path(self, inside: str) -> Path:
+        """Where a path of the sandbox is seen from the host (while the sandbox runs)."""
+        return Path(f"/proc/{self.pid}/root") / inside.lstrip("/")
+
+    def is_running(self) -> bool:
+        return self.holder.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ends the namespace: every process still in it is killed by the kernel."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.holder.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            stop_process(self.holder, timeout)
+
+
+def peers_unavailable(peers: Peers) -> str | None:
+    """None when these peers can run here, else the reason why not."""
+    if os.geteuid() != 0:
+        return "needs root (private mount and pid namespaces)"
+    missing = [tool for tool in ("unshare", "nsenter", "chroot") if shutil.which(tool) is None]
+    if missing:
+        return "missing tools: " + ", ".join(missing)
+    if not peers.is_host and not (peers.root / SID_READY).exists():
+        return f"no chroot at {peers.root} (build it with scripts/peers-sid)"
+    tools = ("lttng", "lttng-sessiond", "lttng-relayd", "babeltrace2", "lttng-gen-tp", "gcc",
+             "taskset", "python3")  # fmt: skip
+    search = [peers.root / d.lstrip("/") for d in ("/usr/local/bin", "/usr/bin", "/bin",
+                                                   "/usr/sbin", "/sbin")]  # fmt: skip
+    missing = [tool for tool in tools if not any((d / tool).exists() for d in search)]
+    if missing:
+        return f"missing in {peers.root}: " + ", ".join(missing)
+    return None
 
 
 @dataclasses.dataclass
 class SessionDaemon:
-    """A root `lttng-sessiond --no-kernel` alone in its own mount namespace."""
+    """A root `lttng-sessiond --no-kernel` alone in its own sandbox."""
 
-    process: subprocess.Popen[bytes]
+    sandbox: Sandbox
+    process: NamespacedPopen
     workdir: Path
     home: Path
     log_path: Path
     agent_port: int
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def peers(self) -> Peers:
+        return self.sandbox.peers
+
+    @property
+    def pid(self) -> int | None:
+        """Host pid of lttng-sessiond."""
+        return self.process.inner_pid()
 
     @classmethod
-    def start(cls, workdir: Path, *, timeout: float = 30.0) -> SessionDaemon:
+    def start(
+        cls, workdir: Path, peers: Peers = HOST_PEERS, *, timeout: float = 30.0
+    ) -> SessionDaemon:
         home = workdir / "home"
         home.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "lttng-sessiond.log"
         (agent_port,) = free_tcp_ports(1)
-        argv = [
-            "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", _NAMESPACE_SCRIPT, "sh",
-            "lttng-sessiond", "--no-kernel", f"--agent-tcp-port={agent_port}",
-        ]  # fmt: skip
+        sandbox = Sandbox.start(peers)
         env = {**os.environ, "LTTNG_HOME": str(home)}
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-        daemon = cls(process, workdir, home, log_path, agent_port)
+        try:
+            with open(log_path, "wb") as log:
+                process = sandbox.popen(
+                    ["lttng-sessiond", "--no-kernel", f"--agent-tcp-port={agent_port}"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+        except BaseException:
+            sandbox.stop()
+            raise
+        daemon = cls(sandbox, process, workdir, home, log_path, agent_port)
         try:
             daemon._wait_ready(timeout)
             daemon._skip_low_session_ids()
@@ -345,25 +575,25 @@ class SessionDaemon:
         self.lttng("destroy", "--all")
 
     def _wait_ready(self, timeout: float) -> None:
-        root = Path(f"/proc/{self.pid}/root")
-
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"lttng-sessiond exited with status {self.process.returncode}:\n"
                     + self.log_tail()
                 )
-            sockets = ("run/lttng/client-lttng-sessiond", "run/lttng/lttng-ust-sock-8")
-            if not all((root / name).exists() for name in sockets):
+            # The UST socket and wait shm carry lttng-ust's ABI major (8 for 2.13, 11 for 2.16).
+            if not self.sandbox.path("run/lttng/client-lttng-sessiond").exists():
                 return False
-            if not (root / "dev/shm/lttng-ust-wait-8").exists():
+            if not list(self.sandbox.path("run/lttng").glob("lttng-ust-sock-*")):
+                return False
+            if not list(self.sandbox.path("dev/shm").glob("lttng-ust-wait-*")):
                 return False
             return self.lttng("list", check=False, timeout=10).returncode == 0
 
         wait_until(ready, timeout=timeout, interval=0.05, what="lttng-sessiond to accept commands")
 
     def is_running(self) -> bool:
-        return self.process.poll() is None
+        return self.process.poll() is None and self.sandbox.is_running()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -377,10 +607,6 @@ class SessionDaemon:
             env.update(extra)
         return env
 
-    def namespace_argv(self, argv: Sequence[str]) -> list[str]:
-        """`argv` wrapped to run inside the session daemon's mount namespace."""
-        return ["nsenter", f"--target={self.pid}", "--mount", "--", *argv]
-
     def run(
         self,
         argv: Sequence[str],
@@ -389,29 +615,31 @@ class SessionDaemon:
         timeout: float = DEFAULT_COMMAND_TIMEOUT,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the namespace (absolute paths only: the cwd becomes `/`)."""
-        return run_command(
-            self.namespace_argv(argv), env=self.environment(env), timeout=timeout, check=check
-        )
+        """Run a command in the sandbox (absolute paths only: the cwd is `/`)."""
+        return self.sandbox.run(argv, env=self.environment(env), timeout=timeout, check=check)
 
     def popen(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[str]:
-        """Start a command inside the namespace without waiting (the caller stops it by pid)."""
-        return subprocess.Popen(
-            self.namespace_argv(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.environment(env),
-        )
+    ) -> NamespacedPopen:
+        """Start a command in the sandbox without waiting (the caller stops it)."""
+        return self.sandbox.popen(argv, env=self.environment(env))
 
     def lttng(
         self, *args: str, check: bool = True, timeout: float = DEFAULT_COMMAND_TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
         """`lttng ARGS...` against this session daemon (never auto-spawns another one)."""
         return self.run(["lttng", "--no-sessiond", *args], check=check, timeout=timeout)
+
+    def create_options(self, *, live_timer_us: int | None, snapshot: bool) -> list[str]:
+        """`lttng create` options for a session of these peers (live, snapshot, format)."""
+        options = []
+        if live_timer_us is not None:
+            options.append(f"--live={live_timer_us}")
+        if snapshot:
+            options.append("--snapshot")
+        if self.peers.trace_format is not None:
+            options.append(f"--trace-format={self.peers.trace_format}")
+        return options
 
     def session_names(self) -> list[str]:
         out = self.lttng("--mi=xml", "list").stdout
@@ -420,10 +648,12 @@ class SessionDaemon:
     def stop(self, timeout: float = 10.0) -> None:
         # The daemon stops its consumer daemons itself on SIGTERM; after a SIGKILL nobody
         # would, so remember them (pid and start time) and kill the leftovers by pid.
-        children = [(pid, process_start_time(pid)) for pid in descendant_pids(self.pid)]
+        pid = self.pid
+        children = [(p, process_start_time(p)) for p in descendant_pids(pid)] if pid else []
         stop_process(self.process, timeout)
-        for pid, start_time in reversed(children):
-            kill_if_same_process(pid, start_time)
+        for child, start_time in reversed(children):
+            kill_if_same_process(child, start_time)
+        self.sandbox.stop()
         release_tcp_ports([self.agent_port])
 
 
@@ -436,16 +666,21 @@ class Relay:
     """A running relay daemon (C `lttng-relayd` or pyrelayd) listening on 127.0.0.1."""
 
     kind: RelayKind
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[Any]
     control_port: int
     data_port: int
     live_port: int
     output_dir: Path
     log_path: Path
     argv: list[str]
+    #: The sandbox a C relay of a chroot runs in (None: on the host).
+    sandbox: Sandbox | None = None
 
     @property
     def pid(self) -> int:
+        """Host pid of the relay daemon."""
+        if isinstance(self.process, NamespacedPopen):
+            return self.process.inner_pid() or self.process.pid
         return self.process.pid
 
     def url(self, base_path: str = "") -> str:
@@ -519,12 +754,17 @@ def start_relay(
     extra_args: Sequence[str] = (),
     *,
     timeout: float = 20.0,
+    sandbox: Sandbox | None = None,
 ) -> Relay:
     """Start a relay daemon with fresh ports and output directory.
 
+    pyrelayd always runs on the host. The C relay is that of the peers in use: with the
+    `sandbox` of a chroot (LTTng 2.16), the chroot's lttng-relayd runs in that sandbox.
     Returns once the control and data ports listen; call `Relay.wait_live_port` before using
     the live port (the live-viewer helpers do).
     """
+    if sandbox is not None and (kind == "py" or sandbox.peers.is_host):
+        sandbox = None
     workdir.mkdir(parents=True, exist_ok=True)
     output_dir = workdir / "output"
     output_dir.mkdir(exist_ok=True)
@@ -542,15 +782,22 @@ def start_relay(
     ]  # fmt: skip
     if os.environ.get("PYRELAYD_TEST_RELAY_VERBOSE"):
         argv.append("-vvv")
+    process: subprocess.Popen[Any]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=relay_environment(kind, home),
-        )
-    relay = Relay(kind, process, control_port, data_port, live_port, output_dir, log_path, argv)
+        if sandbox is not None:
+            process = sandbox.popen(
+                argv, env=relay_environment(kind, home), stdout=log, stderr=subprocess.STDOUT
+            )
+        else:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=relay_environment(kind, home),
+            )
+    relay = Relay(kind, process, control_port, data_port, live_port, output_dir, log_path, argv,
+                  sandbox)  # fmt: skip
     try:
         relay.wait_listening([control_port, data_port], timeout)
     except BaseException:
@@ -563,15 +810,20 @@ def start_relay(
 # Traced applications
 
 
-def build_c_app(build_dir: Path) -> Path:
-    """Build apps/app.c with its tracepoint provider apps/tp.tp; return the executable."""
+def build_c_app(build_dir: Path, sandbox: Sandbox | None = None) -> Path:
+    """Build apps/app.c with its tracepoint provider apps/tp.tp; return the executable.
+
+    With a `sandbox`, with the compiler and the lttng-ust of its installation (`build_dir`
+    must then be under the temporary directory, which the sandbox shares).
+    """
     build_dir.mkdir(parents=True, exist_ok=True)
     for name in ("tp.tp", "app.c"):
         shutil.copy2(APPS_DIR / name, build_dir / name)
+    run = sandbox.run if sandbox is not None else run_command
     # lttng-gen-tp writes tp.h and tp.c next to its input (run from the build directory).
-    run_command(["sh", "-c", f"cd '{build_dir}' && lttng-gen-tp -o tp.h -o tp.c tp.tp"])
+    run(["sh", "-c", f"cd '{build_dir}' && lttng-gen-tp -o tp.h -o tp.c tp.tp"])
     executable = build_dir / "app"
-    run_command(
+    run(
         [
             "gcc", "-O1", "-Wall", "-I", str(build_dir),
             "-o", str(executable), str(build_dir / "app.c"), str(build_dir / "tp.c"),
@@ -612,7 +864,7 @@ class TracedApps:
         """Emit `count` `pyrelayd_test:event` events with seq = first_seq .. first_seq+count-1.
 
         `cpu` pins the application to one CPU (so only that CPU's stream gets events).
-        Returns the application's pid (nsenter and taskset exec it, keeping their pid).
+        Returns the application's pid in the sandbox (what the session daemon sees).
         """
         argv = self.c_app_argv(
             count, delay_us=delay_us, payload_bytes=payload_bytes, first_seq=first_seq
@@ -620,12 +872,15 @@ class TracedApps:
         if cpu is not None:
             argv = ["taskset", "-c", str(cpu), *argv]
         process = self.sessiond.popen(argv, env=APP_ENVIRONMENT)
+        pid = process.namespace_pid()
         self.finish(process, timeout)
-        return process.pid
+        if pid is None:
+            raise RuntimeError(f"no pid for {argv}: it ended before it could be read")
+        return pid
 
     def start_c_app(
         self, count: int, *, delay_us: int = 0, payload_bytes: int = 0, first_seq: int = 0
-    ) -> subprocess.Popen[str]:
+    ) -> NamespacedPopen:
         """Like `run_c_app` without waiting; pair with `finish`."""
         return self.sessiond.popen(
             self.c_app_argv(
@@ -684,10 +939,7 @@ class Session:
     ) -> Session:
         """`lttng create NAME --set-url=net://127.0.0.1:C:D[BASE_PATH] [--live=US] [--snapshot]`."""
         args = ["create", name, f"--set-url={relay.url(base_path)}"]
-        if live_timer_us is not None:
-            args.append(f"--live={live_timer_us}")
-        if snapshot:
-            args.append("--snapshot")
+        args += sessiond.create_options(live_timer_us=live_timer_us, snapshot=snapshot)
         sessiond.lttng(*args)
         return cls(sessiond, name, relay, live_timer_us, snapshot)
 
@@ -768,6 +1020,47 @@ class Session:
 # --------------------------------------------------------------------------------------------
 # Reading traces
 
+#: Where babeltrace2 and the bt2 bindings run: the sandbox of the peers in use when they are
+#: not the machine's own (babeltrace2 2.1 with LTTng 2.16), else the host.
+_tools_sandbox: Sandbox | None = None
+
+
+@contextlib.contextmanager
+def trace_tools_of(sandbox: Sandbox | None) -> Iterator[None]:
+    """Read traces and follow live sessions with the babeltrace2 of `sandbox`'s peers."""
+    global _tools_sandbox
+    previous = _tools_sandbox
+    _tools_sandbox = sandbox if sandbox is not None and not sandbox.peers.is_host else None
+    try:
+        yield
+    finally:
+        _tools_sandbox = previous
+
+
+def babeltrace2_version() -> tuple[int, int]:
+    """(major, minor) of the babeltrace2 in use."""
+    out = run_tool(["babeltrace2", "--version"]).stdout
+    match = re.search(r"Babeltrace (\d+)\.(\d+)", out)
+    if match is None:
+        raise RuntimeError(f"unexpected babeltrace2 --version output: {out!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def run_tool(
+    argv: Sequence[str], *, timeout: float = DEFAULT_COMMAND_TIMEOUT, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a trace tool (babeltrace2, the bt2 reader) of the peers in use."""
+    if _tools_sandbox is not None:
+        return _tools_sandbox.run(argv, timeout=timeout, check=check)
+    return run_command(argv, timeout=timeout, check=check)
+
+
+def start_tool(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Start a trace tool of the peers in use (stdout/stderr as in `subprocess.Popen`)."""
+    if _tools_sandbox is not None:
+        return _tools_sandbox.popen(argv, **kwargs)
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, **kwargs)
+
 
 @dataclasses.dataclass(frozen=True)
 class TraceEvent:
@@ -800,7 +1093,7 @@ def read_trace(path: Path, *, timeout: float = 60.0) -> list[TraceEvent]:
     Reading happens in a child process (`bt_reader.py`), so a trace that crashes or hangs
     babeltrace2 fails the test instead of the test process.
     """
-    result = run_command(
+    result = run_tool(
         [SYSTEM_PYTHON, str(INTEGRATION_DIR / "bt_reader.py"), str(path)],
         timeout=timeout,
         check=False,
@@ -825,7 +1118,7 @@ def sequence_numbers(events: Sequence[TraceEvent], name: str = C_APP_EVENT) -> l
 
 def babeltrace2_text(path: Path | str, *, timeout: float = 60.0) -> list[str]:
     """`babeltrace2 PATH` output lines (the pretty printer of the command-line tool)."""
-    return run_command(["babeltrace2", str(path)], timeout=timeout).stdout.splitlines()
+    return run_tool(["babeltrace2", str(path)], timeout=timeout).stdout.splitlines()
 
 
 _TEXT_SEQ_RE = re.compile(r"\bseq = (\d+)\b|msg = \"seq=(\d+)\"")
@@ -855,10 +1148,19 @@ class LiveSessionInfo:
     streams: int
     hostname: str
     name: str
+    #: "ctf-1.8" or "ctf-2" (entries of viewer protocol 2.15 only; older ones are CTF 1.8).
+    trace_format: str = "ctf-1.8"
 
 
-def list_live_sessions(port: int, *, timeout: float = 5.0) -> list[LiveSessionInfo]:
-    """LIST_SESSIONS on a relay's live port (viewer protocol 2.4: CONNECT then LIST)."""
+def list_live_sessions(
+    port: int, *, minor: int = 15, timeout: float = 5.0
+) -> list[LiveSessionInfo]:
+    """LIST_SESSIONS on a relay's live port, announcing viewer protocol 2.`minor`.
+
+    Written from the protocol description, independently of pyrelayd's codec (it checks it):
+    entries are 2.4's fixed 339 bytes below a negotiated minor of 15, else 2.15's 32 bytes and
+    the two names (no NUL), with the trace format as 0 = CTF 1.8, 1 = CTF 2.
+    """
 
     def receive(sock: socket.socket, size: int) -> bytes:
         data = bytearray()
@@ -871,22 +1173,32 @@ def list_live_sessions(port: int, *, timeout: float = 5.0) -> list[LiveSessionIn
 
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         # header: data_size u64, cmd u32, cmd_version u32; CONNECT: id u64, major, minor, type
-        sock.sendall(struct.pack(">QII", 20, 1, 0) + struct.pack(">QIII", 2**64 - 1, 2, 4, 1))
-        _viewer_id, major, _minor, _type = struct.unpack(">QIII", receive(sock, 20))
+        sock.sendall(struct.pack(">QII", 20, 1, 0) + struct.pack(">QIII", 2**64 - 1, 2, minor, 1))
+        _viewer_id, major, relay_minor, _type = struct.unpack(">QIII", receive(sock, 20))
         if major != 2:
             raise ConnectionError(f"live port answered major version {major}")
+        negotiated = min(minor, relay_minor)
         sock.sendall(struct.pack(">QII", 0, 2, 0))
         (count,) = struct.unpack(">I", receive(sock, 4))
         sessions = []
         for _ in range(count):
-            sid, timer, clients, streams, host, name = struct.unpack(
-                ">QIII64s255s", receive(sock, 339)
-            )
-            sessions.append(
-                LiveSessionInfo(
-                    sid, timer, clients, streams,
-                    host.split(b"\0", 1)[0].decode(), name.split(b"\0", 1)[0].decode(),
+            if negotiated < 15:
+                sid, timer, clients, streams, host, name = struct.unpack(
+                    ">QIII64s255s", receive(sock, 339)
                 )
+                hostname = host.split(b"\0", 1)[0].decode()
+                session_name = name.split(b"\0", 1)[0].decode()
+                trace_format = "ctf-1.8"
+            else:
+                sid, timer, clients, streams, host_len, name_len, live_format = struct.unpack(
+                    ">QIIIIII", receive(sock, 32)
+                )
+                hostname = receive(sock, host_len).decode()
+                session_name = receive(sock, name_len).decode()
+                trace_format = {0: "ctf-1.8", 1: "ctf-2"}[live_format]
+            sessions.append(
+                LiveSessionInfo(sid, timer, clients, streams, hostname, session_name,
+                                trace_format)
             )  # fmt: skip
         return sessions
 
@@ -895,7 +1207,7 @@ def list_live_sessions(port: int, *, timeout: float = 5.0) -> list[LiveSessionIn
 class LiveViewer:
     """`babeltrace2 -i lttng-live URL` running in the background, output kept in files."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[Any]
     url: str
     stdout_path: Path
     stderr_path: Path
@@ -908,11 +1220,8 @@ class LiveViewer:
         stdout_path = workdir / f"live-{session_name}.out"
         stderr_path = workdir / f"live-{session_name}.err"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            process = subprocess.Popen(
-                ["babeltrace2", "--input-format=lttng-live", url],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
+            process = start_tool(
+                ["babeltrace2", "--input-format=lttng-live", url], stdout=out, stderr=err
             )
         return cls(process, url, stdout_path, stderr_path)
 
@@ -1068,14 +1377,5 @@ def possible_cpus() -> list[int]:
 
 
 def host_has_lttng() -> str | None:
-    """None when the real LTTng peers can run here, else the reason why not."""
-    tools = ("lttng", "lttng-sessiond", "lttng-relayd", "babeltrace2", "lttng-gen-tp", "gcc",
-             "unshare", "nsenter", "taskset")  # fmt: skip
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        return "missing tools: " + ", ".join(missing)
-    if os.geteuid() != 0:
-        return "needs root (private mount namespace for the root session daemon)"
-    if not Path(SYSTEM_PYTHON).exists():
-        return f"{SYSTEM_PYTHON} not found"
-    return None
+    """None when the machine's own LTTng peers can run here, else the reason why not."""
+    return peers_unavailable(HOST_PEERS)

@@ -188,6 +188,8 @@ def test_per_pid_buffers_of_short_lived_apps(
     session.start()
     first_seqs = (0, 1000, 2000)
     processes = {first: apps.start_c_app(50, delay_us=200, first_seq=first) for first in first_seqs}
+    # The pids the session daemon sees (its sandbox has a pid namespace of its own).
+    pids = {first: process.namespace_pid() or -1 for first, process in processes.items()}
     for process in processes.values():
         apps.finish(process)
     session.destroy()
@@ -198,9 +200,9 @@ def test_per_pid_buffers_of_short_lived_apps(
         match = re.fullmatch(PER_PID_DIR_RE, app_dir.name)
         assert match, app_dir.name
         app_dirs[int(match[1])] = app_dir
-    assert sorted(app_dirs) == sorted(process.pid for process in processes.values())
-    for first, process in processes.items():
-        app_dir = app_dirs[process.pid]
+    assert sorted(app_dirs) == sorted(pids.values())
+    for first, pid in pids.items():
+        app_dir = app_dirs[pid]
         assert relative_files(app_dir) == stream_files("")
         assert_indexes_describe_data(app_dir)
         assert seqs_of(app_dir) == list(range(first, first + 50))
