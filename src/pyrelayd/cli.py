@@ -762,12 +762,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_daemon(options: RelaydOptions, daemon_pipe: int | None, sig_parent_pid: int | None) -> int:
     if options.working_directory is not None:
+        # lttng-relayd's own messages: its regression tests (and operators' scripts) grep them.
         try:
             os.chdir(options.working_directory)
         except OSError as error:
             return _error(
-                f"cannot change working directory to {options.working_directory}: {error.strerror}"
+                f'Failed to change working directory to "{options.working_directory}":'
+                f" {error.strerror}"
             )
+        if not os.access(options.working_directory, os.W_OK):
+            _log.debug('Working directory "%s" is not writable', options.working_directory)
     if options.pid_file is not None:
         try:
             _write_pid_file(options.pid_file)

@@ -541,8 +541,28 @@ def test_main_refuses_a_missing_working_directory(
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["-o", "out", "-w", str(tmp_path / "missing")]) == 1
-    assert "cannot change working directory" in capsys.readouterr().err
+    assert f'Failed to change working directory to "{tmp_path / "missing"}"' in (
+        capsys.readouterr().err
+    )
     assert "cwd" not in fake_server.seen
+
+
+@pytest.mark.parametrize("option", ["--working-directory", "--working-dir", "-w"])
+def test_background_relay_with_a_missing_working_directory_fails_as_lttng_relayd(
+    option: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """lttng-tools' tests/regression/tools/working-directory, test_relayd_failure: `-b` with a
+    directory that does not exist exits 1 and says why, in lttng-relayd's words."""
+    missing = tmp_path / "imaginary_directory"
+    result = subprocess.run(
+        [sys.executable, "-m", "pyrelayd", "-b", "-o", str(tmp_path / "out"), option,
+         str(missing), "-C", "tcp://127.0.0.1:0", "-D", "tcp://127.0.0.1:0",
+         "-L", "tcp://127.0.0.1:0"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Failed to change working directory to" in result.stderr
+    assert str(missing) in result.stderr
 
 
 # --- Daemonizing and readiness, in real processes -------------------------------------------
