@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import LiveViewerFactory, RelayFactory, SessionFactory
+from .live_helpers import session_output
 from .lttng_env import (
     AGENT_EVENT,
     AGENT_LOGGER,
@@ -42,6 +43,7 @@ from .lttng_env import (
     relative_files,
     sequence_numbers,
     text_sequence_numbers,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.lttng, pytest.mark.timeout(120)]
@@ -294,6 +296,38 @@ def test_each_rotation_archives_a_chunk(
         assert_indexes_describe_data(chunk_dir / PER_UID)
         assert seqs_of(chunk_dir) == list(range(10 * chunk_id, 10 * chunk_id + 10))
     assert sorted(seqs_of(directory)) == list(range(40))
+
+
+def test_periodic_rotations_without_any_application_archive_one_chunk_each(
+    relay: Relay, session_factory: SessionFactory
+) -> None:
+    """Per-PID buffers and a rotation timer, but nothing traced (lttng-tools' own regression
+    test of the timer): every rotation still gives an archived chunk directory, empty."""
+    session = session_factory(relay)
+    session.enable_channel(buffers="pid")
+    session.enable_events()
+    session.lttng("enable-rotation", f"--session={session.name}", "--timer=500ms")
+    session.start()
+    directory = wait_until(
+        lambda: session_output(relay, session), timeout=10, what="the session directory"
+    )
+    wait_until(
+        lambda: len(list((directory / "archives").glob("*"))) >= 3
+        if (directory / "archives").is_dir() else False,
+        timeout=20, what="three archived chunks",
+    )  # fmt: skip
+    session.stop()
+    session.destroy()
+
+    assert [p.name for p in directory.iterdir()] == ["archives"]
+    chunk_ids = []
+    for chunk_dir in (directory / "archives").iterdir():
+        match = re.fullmatch(ARCHIVED_CHUNK_RE, chunk_dir.name)
+        assert match, chunk_dir.name
+        assert chunk_dir.is_dir() and relative_files(chunk_dir) == set(), chunk_dir.name
+        chunk_ids.append(int(match[3]))
+    assert sorted(chunk_ids) == list(range(len(chunk_ids))), "one directory per rotation"
+    assert len(chunk_ids) >= 3
 
 
 # --------------------------------------------------------------------------------------------
