@@ -1,9 +1,10 @@
-"""pyrelayd writes the same bytes as the C lttng-relayd 2.13, given the same input.
+"""pyrelayd writes the same bytes as the C lttng-relayd of the peers' release, from one input.
 
-Each scenario streams from the real session daemon through the capture proxy to a C relay;
-the recording is replayed into a fresh C `lttng-relayd` and a fresh pyrelayd started with
-the same options, and the two output trees must be identical (same relative paths, same
-sha256) and readable by babeltrace2. See differential.py for the machinery.
+Each scenario streams from the real session daemon (LTTng 2.13, or 2.16 in CTF 2 and in CTF
+1.8) through the capture proxy to a C relay of the same release (2.13, or the sid chroot's
+2.16); the recording is replayed into a fresh C `lttng-relayd` of that release and a fresh
+pyrelayd started with the same options, and the two output trees must be identical (same
+relative paths, same sha256) and readable by babeltrace2. See differential.py for the machinery.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .lttng_env import (
     sequence_numbers,
 )
 
-pytestmark = [pytest.mark.lttng, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.lttng, pytest.mark.ctf_1_8_too, pytest.mark.timeout(120)]
 
 CaptureFactory = Callable[..., Capture]
 CPUS = possible_cpus()

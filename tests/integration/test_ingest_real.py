@@ -1,11 +1,12 @@
-"""Real LTTng 2.13 peers stream to the relay under test.
+"""Real LTTng peers (2.13; 2.16 in CTF 2 and in CTF 1.8) stream to the relay under test.
 
 Each scenario runs a real session daemon (with its consumer daemons) and real traced
 applications, streams to a relay started for the test, and checks that:
 
 * babeltrace2 reads back from the relay's output directory exactly the events the applications
   emitted (every sequence number, in order), and
-* the files are where lttng-relayd 2.13 puts them (layout observed with the C relay):
+* the files are where lttng-relayd puts them (layout observed with the C relays 2.13 and 2.16,
+  the same for both trace formats):
 
       <output>/<host>/<session>-<YYYYmmdd-HHMMSS>/ust/uid/<uid>/64-bit/metadata
                                                   .../channel0_<cpu>
@@ -46,7 +47,7 @@ from .lttng_env import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.lttng, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.lttng, pytest.mark.ctf_1_8_too, pytest.mark.timeout(120)]
 
 CPUS = possible_cpus()
 #: Per-UID buffers of this (root) user's 64-bit applications, relative to the chunk.

@@ -1,8 +1,8 @@
 """pyrelayd-capture: recording format, framing, id rewriting, record and replay.
 
-The last tests record a synthetic consumerd talking to the real C lttng-relayd through the
-proxy, replay the recording into a second relay that hands out other ids, and compare the
-two output trees byte for byte.
+The last tests record a synthetic consumerd talking to a relay (pyrelayd in this process, or
+the real C lttng-relayd) through the proxy, replay the recording into a second relay that
+hands out other ids, and compare the two output trees byte for byte.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,11 +42,24 @@ from pyrelayd.capture import (
     record,
     replay,
 )
-from pyrelayd.capture.framing import ControlRequest, ControlRequestFramer, DataFramer, reply_size
+from pyrelayd.capture.framing import (
+    ControlRequest,
+    ControlRequestFramer,
+    DataFramer,
+    negotiated_minor,
+    reply_size,
+)
 from pyrelayd.capture.plan import Close, Connect, SendData, SendRequest, build_plan
 from pyrelayd.capture.recording import FILE_HEADER, encode_file_header
 from pyrelayd.capture.replayer import Replayer
-from pyrelayd.capture.rewrite import IdMap, rewrite_data_header, rewrite_request
+from pyrelayd.capture.rewrite import (
+    IdMap,
+    rewrite_data_header,
+    rewrite_request,
+    rewrite_version,
+)
+from pyrelayd.model.relay import Relay, RelaySettings
+from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.protocol.relayd import (
     UINT64_MAX,
     AddStream,
@@ -68,6 +81,7 @@ from pyrelayd.protocol.relayd import (
     SendMetadataHeader,
     StreamRotation,
     StreamsSent,
+    TraceFormat,
     Version,
     close_trace_chunk_reply,
     create_session_reply_2_11,
@@ -79,6 +93,8 @@ from pyrelayd.protocol.relayd import (
     trace_chunk_exists_reply,
     version_reply,
 )
+from pyrelayd.server.control import ControlProtocol
+from pyrelayd.server.data import DataProtocol
 
 Address = tuple[str, int]
 OK = ReturnCode.OK
@@ -225,6 +241,9 @@ def test_reply_sizes() -> None:
     session_reply = create_session_reply_2_11(1, OK, "host/sess-20240102-030405")
     assert reply_size(Command.CREATE_SESSION, 13, b"") == 16
     assert reply_size(Command.CREATE_SESSION, 13, session_reply[:16]) == len(session_reply)
+    # 2.15 changed the request, not the reply.
+    assert reply_size(Command.CREATE_SESSION, 15, b"") == 16
+    assert reply_size(Command.CREATE_SESSION, 15, session_reply[:16]) == len(session_reply)
     chunk_reply = close_trace_chunk_reply(OK, "host/sess")
     assert reply_size(Command.CLOSE_TRACE_CHUNK, 13, chunk_reply[:8]) == len(chunk_reply)
     # On failure the path length field may be set but no path follows.
@@ -321,23 +340,28 @@ class Script:
         self._add(connection, kind, direction, Event.CLOSE)
 
 
-def session_script() -> Script:
-    """One control + data pair: a 2.11 session with a data and a metadata stream."""
+def session_script(peer_minor: int = 13, relay_minor: int = 13,
+                   trace_format: TraceFormat = TraceFormat.CTF_1_8) -> Script:
+    """One control + data pair: a 2.11+ session with a data and a metadata stream."""
+    minor = min(peer_minor, relay_minor)
     script = Script()
     script.open(1, Kind.CONTROL)
-    version = encode_request(Command.VERSION, Version(2, 13).encode())
+    version = encode_request(Command.VERSION, Version(2, peer_minor).encode())
     script.send(1, version[:10])  # a request cut across two segments
     script.send(1, version[10:])
-    script.reply(1, version_reply(2, 13))
+    script.reply(1, version_reply(2, relay_minor))
     create = encode_request(Command.CREATE_SESSION, CreateSession(
-        "s", "h", sessiond_uuid=b"\1" * 16, creation_time=1).encode(13))
-    script.send(1, create)
+        "s", "h", sessiond_uuid=b"\1" * 16, creation_time=1,
+        trace_format=trace_format).encode(minor))
+    script.send(1, create[:70])  # cut inside the 2.15 trace format
+    script.send(1, create[70:])
     session_reply = create_session_reply_2_11(1, OK, "h/s-19700101-000001")
     script.reply(1, session_reply[:14])  # replies are cut too
     script.reply(1, session_reply[14:])
     script.open(2, Kind.DATA, partner=1)
     for channel, handle in (("channel0_0", 1), ("metadata", 2)):
-        script.send(1, encode_request(Command.ADD_STREAM, AddStream(channel, "ust").encode(13)))
+        script.send(1, encode_request(Command.ADD_STREAM,
+                                      AddStream(channel, "ust").encode(minor)))
         script.reply(1, status_stream_reply(handle, OK))
     packet = DataHeader(1, 0, 6, 2).encode() + b"packet"
     script.send(2, packet[:20], Kind.DATA)
@@ -456,6 +480,81 @@ def test_replayer_refuses_a_refusal_and_a_different_protocol_minor() -> None:
         replayer.on_relay_closed(steps[-1])
 
 
+def requests_of(script: Script) -> list[SendRequest]:
+    return [step for step in build_plan(script.records).steps if isinstance(step, SendRequest)]
+
+
+@pytest.mark.parametrize("trace_format", list(TraceFormat), ids=lambda f: f.label)
+def test_plan_frames_a_2_15_create_session_and_its_reply(trace_format: TraceFormat) -> None:
+    requests = requests_of(session_script(15, 15, trace_format))
+
+    create = requests[1]
+    assert create.request.command == Command.CREATE_SESSION
+    assert len(create.request.payload) == 63 + len(b"s\0h\0\0")
+    assert create.request.payload[59:63] == struct.pack(">I", trace_format)
+    assert CreateSession.decode(create.request.payload, 15).trace_format is trace_format
+    assert create.recorded_reply == create_session_reply_2_11(1, OK, "h/s-19700101-000001")
+    # Every later reply is still matched with its own request.
+    assert [r.recorded_reply for r in requests[2:4]] == [
+        status_stream_reply(1, OK), status_stream_reply(2, OK)]
+    assert requests[-1].recorded_reply == generic_reply(OK)
+
+
+@pytest.mark.parametrize(("peer", "relay", "negotiated"),
+                         [(13, 13, 13), (15, 13, 13), (13, 15, 13), (15, 15, 15), (16, 15, 15)])
+def test_negotiated_minor_of_a_version_exchange(peer: int, relay: int, negotiated: int) -> None:
+    version = request(Version(2, peer))
+
+    assert negotiated_minor(version, version_reply(2, relay)) == negotiated
+    assert negotiated_minor(version, b"\0\0\0\2") is None  # a reply cut short
+
+
+def test_rewrite_version_announces_the_recorded_minor_and_keeps_other_bytes() -> None:
+    payload = Version(2, 15).encode() + b"extra"
+    version = ControlRequest(ControlHeader(Command.VERSION, len(payload), 7, 1), payload)
+
+    rewritten = rewrite_version(version, version_reply(2, 13))
+
+    assert rewritten.header == version.header
+    assert rewritten.payload == Version(2, 13).encode() + b"extra"
+    assert rewrite_version(version, version_reply(2, 15)) is version
+    assert rewrite_version(version, version_reply(2, 16)) is version
+    assert rewrite_version(version, None) is version  # no recorded reply: as recorded
+    other = request(CloseStream(1, 2))
+    assert rewrite_version(other, version_reply(2, 13)) is other
+
+
+def test_a_2_15_peer_recorded_against_a_2_13_relay_replays_at_2_13_into_a_2_15_relay() -> None:
+    steps = requests_of(session_script(15, 13))
+    replayer = Replayer()
+
+    sent = replayer.request_bytes(steps[0])
+    replayer.on_reply(steps[0], version_reply(2, 15))
+
+    assert sent == encode_request(Command.VERSION, Version(2, 13).encode())
+    assert replayer.reply_size(steps[1], b"") == 16
+    # The recorded 2.11-shaped CREATE_SESSION goes out byte for byte.
+    assert replayer.request_bytes(steps[1]) == steps[1].request.encode()
+
+
+def test_a_2_15_recording_replays_into_a_2_15_relay_unchanged() -> None:
+    steps = requests_of(session_script(15, 15, TraceFormat.CTF_2))
+    replayer = Replayer()
+
+    assert replayer.request_bytes(steps[0]) == steps[0].request.encode()
+    replayer.on_reply(steps[0], version_reply(2, 15))
+    assert replayer.request_bytes(steps[1]) == steps[1].request.encode()
+
+
+@pytest.mark.parametrize("relay_minor", [11, 13, 14])
+def test_a_2_15_recording_cannot_replay_into_an_older_relay(relay_minor: int) -> None:
+    # Its CREATE_SESSION has the 2.15 shape; re-encoding it is not attempted.
+    steps = requests_of(session_script(15, 15))
+
+    with pytest.raises(ReplayError, match=rf"negotiates protocol 2\.{relay_minor} .* used 2\.15"):
+        Replayer().on_reply(steps[0], version_reply(2, relay_minor))
+
+
 # --------------------------------------------------------------------------- small pieces
 
 
@@ -486,8 +585,9 @@ def test_parse_address() -> None:
 class FakeRelay:
     """Just enough of a relayd to replay into: ids start at 100 (sessions) / 200 (streams)."""
 
-    def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
+    def __init__(self, refuse: frozenset[int] = frozenset(), minor: int = 13) -> None:
         self.refuse = refuse
+        self.minor = minor
         self.requests: list[ControlRequest] = []
         self.data_headers: list[DataHeader] = []
         self.data_payload = bytearray()
@@ -512,7 +612,7 @@ class FakeRelay:
     def _answer(self, command: int, minor: int) -> bytes:
         code = ReturnCode.UNK if command in self.refuse else OK
         if command == Command.VERSION:
-            return version_reply(2, 13)
+            return version_reply(2, self.minor)
         if command == Command.CREATE_SESSION:
             self._next_session += 1
             return create_session_reply_2_11(self._next_session - 1, code, "h/s")
@@ -563,6 +663,20 @@ async def test_replay_into_a_relay_with_other_ids(tmp_path: Path) -> None:
     assert by_command[Command.BEGIN_DATA_PENDING].payload == BeginDataPending(100).encode()
     assert by_command[Command.CLOSE_STREAM].payload == CloseStream(200, 0).encode()
     assert by_command[Command.SEND_METADATA].payload[:8] == struct.pack(">Q", 201)
+
+
+@pytest.mark.parametrize(("peer", "recorded", "announced"), [(15, 15, 15), (15, 13, 13)])
+async def test_replay_of_a_2_15_peer_into_a_2_15_relay(peer: int, recorded: int,
+                                                      announced: int) -> None:
+    script = session_script(peer, recorded, TraceFormat.CTF_2)
+    recorded_requests = requests_of(script)
+    async with FakeRelay(minor=15) as relay:
+        summary = await replay(script.records, relay.address(0), relay.address(1),
+                               close_timeout=5)
+    assert (summary.sessions, summary.streams) == (1, 2)
+    version, create = relay.requests[:2]
+    assert version.payload == Version(2, announced).encode()
+    assert create.payload == recorded_requests[1].request.payload
 
 
 async def test_replay_stops_when_the_relay_refuses_what_was_recorded_as_ok(
@@ -695,12 +809,14 @@ def c_relayd(output: Path) -> Iterator[tuple[Address, Address]]:
 
 
 class Consumerd:
-    """A synthetic consumerd on one control + data pair, speaking 2.13 through the codec."""
+    """A synthetic consumerd on one control + data pair, speaking 2.`minor` through the codec.
 
-    MINOR = 13
+    After VERSION, `minor` is the negotiated minor (the lower of ours and the relay's).
+    """
 
-    def __init__(self, control: Address, data: Address) -> None:
+    def __init__(self, control: Address, data: Address, minor: int = 13) -> None:
         self.addresses = (control, data)
+        self.minor = minor
 
     async def __aenter__(self) -> Consumerd:
         self.reader, self.writer = await asyncio.open_connection(*self.addresses[0])
@@ -716,18 +832,21 @@ class Consumerd:
 
     async def call(self, message: object, reply_size: int) -> bytes:
         command = message.COMMAND  # type: ignore[attr-defined]
-        self.writer.write(encode_request(command, message.encode(self.MINOR)))  # type: ignore[attr-defined]
+        self.writer.write(encode_request(command, message.encode(self.minor)))  # type: ignore[attr-defined]
         await self.writer.drain()
         return await asyncio.wait_for(self.reader.readexactly(reply_size), 10)
 
     async def ok(self, message: object) -> None:
         assert struct.unpack(">I", await self.call(message, 4))[0] == OK
 
-    async def create_session(self, name: str, uuid: bytes) -> tuple[int, str]:
-        assert await self.call(Version(2, self.MINOR), 8) == version_reply(2, 13)
+    async def create_session(self, name: str, uuid: bytes,
+                             trace_format: TraceFormat = TraceFormat.CTF_1_8) -> tuple[int, str]:
+        major, relay_minor = struct.unpack(">II", await self.call(Version(2, self.minor), 8))
+        assert major == 2 and relay_minor >= 13
+        self.minor = min(self.minor, relay_minor)
         head = await self.call(CreateSession(
             name, "capturehost", live_timer=0, sessiond_uuid=uuid, sessiond_session_id=4,
-            creation_time=1_700_000_000,
+            creation_time=1_700_000_000, trace_format=trace_format,
         ), 16)
         session_id, code, length = struct.unpack(">QII", head)
         assert code == OK
@@ -749,10 +868,12 @@ class Consumerd:
             assert await asyncio.wait_for(reader.read(), 10) == b""
 
 
-async def drive_consumerd(control: Address, data: Address) -> str:
-    """The session a 2.13 consumerd streams, from creation to teardown; returns its path."""
-    async with Consumerd(control, data) as consumerd:
-        session_id, path = await consumerd.create_session("capture", bytes(range(1, 17)))
+async def drive_consumerd(control: Address, data: Address, minor: int = 13,
+                          trace_format: TraceFormat = TraceFormat.CTF_1_8) -> str:
+    """The session a 2.`minor` consumerd streams, from creation to teardown; returns its path."""
+    async with Consumerd(control, data, minor) as consumerd:
+        session_id, path = await consumerd.create_session("capture", bytes(range(1, 17)),
+                                                          trace_format)
         await consumerd.connect_data()
         channel = await consumerd.add_stream("channel0_0")
         metadata = await consumerd.add_stream("metadata")
@@ -832,3 +953,105 @@ async def test_record_then_replay_into_another_c_relayd_gives_the_same_files(
     assert first_tree == second_tree
     assert any(name.endswith("index/channel0_0.idx") for name in first_tree)
     assert first_tree["ust/uid/0/64-bit/metadata"].startswith(b"/* CTF 1.8 */")
+
+
+# --------------------------------------------------------------------------- pyrelayd in-process
+
+
+class SessionLog(Relay):
+    """A relay that remembers what each CREATE_SESSION said (sessions go away at teardown)."""
+
+    def __init__(self, settings: RelaySettings) -> None:
+        super().__init__(settings)
+        self.created: list[SessionInfo] = []
+
+    def create_session(self, info: SessionInfo, current_chunk_id: int | None) -> RelaySession:
+        self.created.append(info)
+        return super().create_session(info, current_chunk_id)
+
+
+@contextlib.asynccontextmanager
+async def py_relayd(output: Path) -> AsyncIterator[tuple[SessionLog, Address, Address]]:
+    """pyrelayd's control and data ports, served by the test's own event loop."""
+    output.mkdir(parents=True)
+    relay = SessionLog(RelaySettings(output_root=output))
+    loop = asyncio.get_running_loop()
+    connections: set[asyncio.BaseProtocol] = set()
+    control = await loop.create_server(lambda: ControlProtocol(relay, connections),
+                                       "127.0.0.1", 0)
+    data = await loop.create_server(lambda: DataProtocol(relay, connections), "127.0.0.1", 0)
+    addresses = [server.sockets[0].getsockname()[:2] for server in (control, data)]
+    try:
+        yield relay, (addresses[0][0], addresses[0][1]), (addresses[1][0], addresses[1][1])
+    finally:
+        for server in (control, data):
+            server.close()
+        relay.shutdown()
+
+
+async def record_session(recording: Path, control: Address, data: Address, minor: int,
+                         trace_format: TraceFormat) -> str:
+    """Record, through the proxy, the session a 2.`minor` consumerd streams; its path."""
+    stop_event = asyncio.Event()
+    ready: asyncio.Future[CaptureProxy] = asyncio.get_running_loop().create_future()
+    recorder = asyncio.create_task(record(
+        recording, control_listen=("127.0.0.1", 0), data_listen=("127.0.0.1", 0),
+        control_relay=control, data_relay=data, stop=stop_event, ready=ready.set_result,
+    ))
+    proxy = await asyncio.wait_for(ready, 10)
+    path = await drive_consumerd(proxy.control_address, proxy.data_address, minor, trace_format)
+    stop_event.set()
+    summary = await recorder
+    assert summary.control_connections == summary.data_connections == 1
+    return path
+
+
+async def test_a_2_15_ctf_2_session_recorded_from_pyrelayd_replays_into_another(
+    tmp_path: Path,
+) -> None:
+    recording = tmp_path / "session.cap"
+    async with py_relayd(tmp_path / "first") as (first, control, data):
+        session_path = await record_session(recording, control, data, 15, TraceFormat.CTF_2)
+        first_tree = tree(tmp_path / "first" / session_path)
+    async with py_relayd(tmp_path / "second") as (second, control, data):
+        async with Consumerd(control, data, 15) as other:  # other ids for the replay
+            await other.create_session("other", b"\x42" * 16)
+            await other.add_stream("channel0_0")
+        replayed = await replay(recording, control, data, close_timeout=20)
+        second_tree = tree(tmp_path / "second" / session_path)
+
+    assert [(info.minor, info.trace_format) for info in first.created] == [
+        (15, TraceFormat.CTF_2)]
+    assert [(info.minor, info.trace_format) for info in second.created] == [
+        (15, TraceFormat.CTF_1_8), (15, TraceFormat.CTF_2)]
+    assert (replayed.sessions, replayed.streams, replayed.data_packets) == (1, 2, 3)
+    assert first_tree == second_tree
+    assert any(name.endswith("index/channel0_0.idx") for name in first_tree)
+
+
+@pytest.mark.skipif(shutil.which("lttng-relayd") is None, reason="needs the C lttng-relayd")
+async def test_a_2_15_peer_recorded_against_the_c_relayd_replays_into_pyrelayd(
+    tmp_path: Path,
+) -> None:
+    # The C relayd installed here may announce less than 15: the recording then holds
+    # 2.11-shaped requests, and the replay makes pyrelayd negotiate that same minor.
+    recording = tmp_path / "session.cap"
+    c_out = tmp_path / "c" / "out"
+    c_out.parent.mkdir()
+    with c_relayd(c_out) as (control, data):
+        session_path = await record_session(recording, control, data, 15, TraceFormat.CTF_1_8)
+        c_tree = tree(c_out / session_path)
+    plan = build_plan(read_recording(recording))
+    version = next(step for step in plan.steps if isinstance(step, SendRequest))
+    assert version.recorded_reply is not None
+    recorded_minor = negotiated_minor(version.request, version.recorded_reply)
+
+    async with py_relayd(tmp_path / "py") as (relay, control, data):
+        replayed = await replay(recording, control, data, close_timeout=20)
+        py_tree = tree(tmp_path / "py" / session_path)
+
+    assert [(info.minor, info.trace_format) for info in relay.created] == [
+        (recorded_minor, TraceFormat.CTF_1_8)]
+    assert (replayed.sessions, replayed.streams, replayed.data_packets) == (1, 2, 3)
+    assert sorted(c_tree) == sorted(py_tree)
+    assert c_tree == py_tree

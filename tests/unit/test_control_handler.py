@@ -3,11 +3,13 @@
 Every test drives the real framing (`ControlProtocol` over a fake transport that records what the
 relay writes) on top of `ControlHandler`, with a `Relay` writing under a temporary output root;
 data packets go through `DataProtocol`. The expected bytes are those of lttng-relayd 2.13
-(reference: shared/protocol/relayd-control-data.md, sec. 2 and 6.2).
+(reference: shared/protocol/relayd-control-data.md, sec. 2 and 6.2) and, for peers of 2.15 and
+later, of lttng-relayd 2.16 (shared/protocol/protocol-2.15.md, sec. 1, 2 and 8).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import tempfile
 from pathlib import Path
@@ -42,7 +44,9 @@ from pyrelayd.protocol.relayd import (
     SendIndex,
     SendMetadataHeader,
     StreamRotation,
+    StreamsSent,
     TraceChunkExists,
+    TraceFormat,
     Version,
     close_trace_chunk_reply,
     create_session_reply_2_11,
@@ -206,14 +210,17 @@ def stream_directory(output_root: Path) -> Path:
 # --------------------------------------------------------------------------- VERSION
 
 
-@pytest.mark.parametrize(("peer_minor", "negotiated"), [(4, 4), (11, 11), (13, 13), (15, 13)])
-def test_version_reply_is_the_relay_own_2_13_and_minor_is_the_lowest(
+@pytest.mark.parametrize(
+    ("peer_minor", "negotiated"),
+    [(1, 1), (4, 4), (11, 11), (13, 13), (14, 14), (15, 15), (16, 15), (0xFFFF_FFFF, 15)],
+)
+def test_version_reply_is_the_relay_own_2_15_and_minor_is_the_lowest(
         relay: Relay, peer_minor: int, negotiated: int) -> None:
     peer = Peer(relay)
 
     outcome = peer.request(Version(2, peer_minor))
 
-    assert outcome == Outcome(bytes.fromhex("00000002 0000000d"), close=False)
+    assert outcome == Outcome(bytes.fromhex("00000002 0000000f"), close=False)
     assert peer.minor == negotiated
 
 
@@ -226,12 +233,20 @@ def test_short_version_closes_without_reply(relay: Relay) -> None:
     assert Peer(relay).send(Command.VERSION, bytes(4)) == Outcome(None, close=True)
 
 
-def test_a_2_15_peer_talks_2_11_create_session(relay: Relay) -> None:
+@pytest.mark.parametrize("trace_format", list(TraceFormat), ids=lambda f: f.label)
+def test_a_2_15_peer_sends_its_trace_format_and_gets_a_2_11_reply(
+        relay: Relay, output_root: Path, trace_format: TraceFormat) -> None:
     peer = connect(relay, minor=15)
+    payload = session_request(trace_format=trace_format).encode(15)
+    assert len(payload) == 63 + len(b"mysess\0myhost\0\0")
 
-    reply = peer.ok(session_request())
+    outcome = peer.send(Command.CREATE_SESSION, payload)
 
-    assert decode_create_session_reply_2_11(reply) == (1, ReturnCode.OK, SESSION_PATH)
+    path = SESSION_PATH.encode() + b"\0"
+    assert outcome == Outcome(struct.pack(">QII", 1, 10, len(path)) + path, close=False)
+    assert relay.sessions[1].trace_format is trace_format
+    assert relay.sessions[1].minor == 15
+    assert (output_root / SESSION_PATH).is_dir()
 
 
 # --------------------------------------------------------------------------- GET_CONFIGURATION
@@ -339,12 +354,18 @@ FATAL_2_11 = create_session_reply_2_11(0, ReturnCode.FATAL, None)
         pytest.param({"hostname": ".host"}, id="hostname .host"),
         pytest.param({"base_path": "../x"}, id="base path ../x"),
         pytest.param({"base_path": "a/../../x"}, id="base path a/../../x"),
+        pytest.param({"base_path": "a/.."}, id="base path a/.."),
+        pytest.param({"base_path": ".."}, id="base path .."),
+        pytest.param({"base_path": "/my/base"}, id="absolute base path"),
+        pytest.param({"base_path": "/"}, id="base path /"),
         pytest.param({"current_chunk_id": 3}, id="unpublished current chunk"),
     ],
 )
+@pytest.mark.parametrize("minor", [13, 15])
 def test_create_session_refused_with_fatal_keeps_the_connection(
-        relay: Relay, tmp_path: Path, output_root: Path, fields: dict[str, Any]) -> None:
-    peer = connect(relay)
+        relay: Relay, tmp_path: Path, output_root: Path, fields: dict[str, Any],
+        minor: int) -> None:
+    peer = connect(relay, minor)
 
     assert peer.request(session_request(**fields)) == Outcome(FATAL_2_11, close=False)
 
@@ -358,6 +379,87 @@ def test_create_session_with_names_not_nul_terminated_is_fatal(relay: Relay) -> 
     malformed = payload[: 59 + name_len - 1] + b"x" + payload[59 + name_len :]
 
     assert connect(relay).send(Command.CREATE_SESSION, malformed) == Outcome(FATAL_2_11, False)
+
+
+def create_session_2_15(trace_format: int) -> bytes:
+    """A 2.15 CREATE_SESSION payload whose trace format may be any u32."""
+    payload = bytearray(session_request().encode(15))
+    struct.pack_into(">I", payload, 59, trace_format)
+    return bytes(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(create_session_2_15(0), id="trace format 0 (default)"),
+        pytest.param(create_session_2_15(3), id="trace format 3"),
+        pytest.param(create_session_2_15(0xFFFF_FFFF), id="trace format 0xffffffff"),
+        pytest.param(create_session_2_15(0x0200_0000), id="CTF 2 little-endian"),
+        pytest.param(session_request().encode(13), id="2.11 shape"),
+        pytest.param(session_request().encode(15)[:62], id="62 bytes"),
+        pytest.param(session_request().encode(15)[:63], id="fixed part only"),
+    ],
+)
+def test_a_bad_2_15_create_session_gets_16_byte_fatal_and_changes_nothing(
+        relay: Relay, tmp_path: Path, payload: bytes) -> None:
+    peer = connect(relay, minor=15)
+
+    outcome = peer.send(Command.CREATE_SESSION, payload)
+
+    assert outcome == Outcome(FATAL_2_11, close=False)
+    assert outcome.reply is not None and len(outcome.reply) == 16
+    assert struct.unpack(">QII", outcome.reply) == (0, ReturnCode.FATAL, 0)
+    assert peer.protocol.handler.session is None
+    assert relay.sessions == {}
+    assert tree(tmp_path) == {"lttng-traces"}
+    # The connection is still usable, and no relay session id was used up.
+    reply = peer.ok(session_request(trace_format=TraceFormat.CTF_2))
+    assert decode_create_session_reply_2_11(reply) == (1, ReturnCode.OK, SESSION_PATH)
+    assert relay.sessions[1].trace_format is TraceFormat.CTF_2
+
+
+def test_a_2_13_and_a_2_15_peer_on_one_relay(relay: Relay, output_root: Path) -> None:
+    old = open_peer(relay, 13, sessiond_session_id=1, session_name="old")
+    new = open_peer(relay, 15, sessiond_session_id=2, session_name="new",
+                    trace_format=TraceFormat.CTF_2)
+
+    assert (old.minor, new.minor) == (13, 15)
+    assert (old.session_id, new.session_id) == (1, 2)
+    assert relay.sessions[1].trace_format is TraceFormat.CTF_1_8
+    assert relay.sessions[2].trace_format is TraceFormat.CTF_2
+    # Nothing else differs between the two: streams, metadata, packets and indexes.
+    for peer, name in ((old, "old"), (new, "new")):
+        metadata = peer.add_stream("metadata")
+        channel = peer.add_stream("channel0_0")
+        assert peer.ok(StreamsSent()) == OK
+        assert peer.send_metadata(metadata, b"/* metadata */") == Outcome(None, close=False)
+        data = DataConnection(relay)
+        data.send_packet(channel, 0, b"P" * 64)
+        assert peer.send_index(channel, 0, 64) == Outcome(OK, close=False)
+        directory = output_root / f"myhost/{name}-20240102-030405" / STREAM_PATH
+        assert (directory / "channel0_0").read_bytes() == b"P" * 64
+        assert (directory / "metadata").read_bytes() == b"/* metadata */"
+        assert len(read_index_file((directory / "index/channel0_0.idx").read_bytes())[1]) == 1
+
+
+@pytest.mark.parametrize("minor", [4, 11, 13, 14])
+def test_sessions_of_peers_before_2_15_are_ctf_1_8(relay: Relay, minor: int) -> None:
+    open_peer(relay, minor, trace_format=TraceFormat.CTF_2)  # not on the wire before 2.15
+
+    assert relay.sessions[1].trace_format is TraceFormat.CTF_1_8
+
+
+def test_the_trace_format_of_each_session_is_logged(relay: Relay,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pyrelayd"):
+        open_peer(relay, 15, sessiond_session_id=1, trace_format=TraceFormat.CTF_2)
+        open_peer(relay, 13, sessiond_session_id=2, session_name="old")
+
+    formats = [record.getMessage() for record in caplog.records if "trace format" in
+               record.getMessage() and record.levelno == logging.INFO]
+    assert len(formats) == 2
+    assert "session 1 (myhost/mysess) uses protocol 2.15, trace format ctf-2" in formats[0]
+    assert "session 2 (myhost/old) uses protocol 2.13, trace format ctf-1.8" in formats[1]
 
 
 def test_create_session_2_4_refused_with_a_12_byte_fatal(relay: Relay) -> None:
@@ -488,10 +590,13 @@ def test_add_stream_of_the_metadata_channel(relay: Relay, stream_directory: Path
         ("channel0_0", "a/./../b"),
         ("channel0_0", ".."),
         ("channel0_0", "ust/../../../x"),
+        ("channel0_0", "ust/.."),
+        ("channel0_0", "/.."),
         ("channel0_0", ".tmp_old_chunk/ust"),
         ("channel0_0", ""),
         ("../x", STREAM_PATH),
         ("..", STREAM_PATH),
+        (".", STREAM_PATH),
         (".hidden", STREAM_PATH),
         ("a/b", STREAM_PATH),
         ("", STREAM_PATH),
@@ -506,6 +611,33 @@ def test_add_stream_refuses_hostile_names_and_creates_nothing(
 
     assert outcome == Outcome(status_stream_reply(UINT64_MAX, ReturnCode.UNK), close=False)
     assert tree(tmp_path) == before
+
+
+def test_add_stream_with_a_path_still_absolute_after_one_slash_uses_up_a_handle(
+        relay: Relay, tmp_path: Path) -> None:
+    # lttng-relayd 2.16 drops one leading '/' (pre-2.11 peers); its trace chunk then refuses
+    # "/abs" after the stream handle was taken: {handle, UNK}, connection kept.
+    peer = open_peer(relay)
+    before = tree(tmp_path)
+
+    outcome = peer.request(AddStream("channel0_0", "//abs"))
+
+    assert outcome == Outcome(status_stream_reply(1, ReturnCode.UNK), close=False)
+    assert tree(tmp_path) == before
+    assert peer.add_stream("channel0_0", "/" + STREAM_PATH) == 2
+
+
+@pytest.mark.parametrize("minor", [13, 15])
+def test_a_tracefile_size_without_a_count_is_accepted_as_unlimited(
+        relay: Relay, stream_directory: Path, minor: int) -> None:
+    # `lttng enable-channel --tracefile-size` without --tracefile-count sends count 0.
+    # lttng-relayd 2.16 refuses it (stream.cpp:591-595); pyrelayd keeps 2.13's behaviour.
+    peer = open_peer(relay, minor)
+
+    handle = peer.add_stream("channel0_0", size=4096, count=0)
+
+    assert relay.streams[handle].tracefile_count == 0
+    assert sorted(path.name for path in stream_directory.iterdir()) == ["channel0_0_0"]
 
 
 def test_add_stream_not_nul_terminated_replies_unk_then_closes(relay: Relay) -> None:
@@ -1237,18 +1369,19 @@ def test_end_data_pending_of_an_unknown_session_is_0(relay: Relay) -> None:
 # --------------------------------------------------------------------------- framing
 
 
-def scripted_session() -> tuple[bytes, bytes]:
+def scripted_session(minor: int) -> tuple[bytes, bytes]:
     """A consumer's control byte stream up to its first index, and the relay's replies."""
     requests: list[tuple[int, bytes]] = [
-        (Command.VERSION, Version(2, 13).encode()),
+        (Command.VERSION, Version(2, minor).encode()),
         (Command.GET_CONFIGURATION, GetConfiguration(0).encode()),
-        (Command.CREATE_SESSION, session_request().encode(13)),
+        (Command.CREATE_SESSION,
+         session_request(trace_format=TraceFormat.CTF_2).encode(minor)),
         (Command.CREATE_TRACE_CHUNK, CreateTraceChunk(0, T0).encode()),
-        (Command.ADD_STREAM, AddStream("channel0_0", STREAM_PATH).encode(13)),
-        (Command.ADD_STREAM, AddStream("metadata", STREAM_PATH).encode(13)),
+        (Command.ADD_STREAM, AddStream("channel0_0", STREAM_PATH).encode(minor)),
+        (Command.ADD_STREAM, AddStream("metadata", STREAM_PATH).encode(minor)),
         (Command.STREAMS_SENT, b""),
         (Command.SEND_METADATA, SendMetadataHeader(2, 4).encode() + b"/* CTF 1.8 */"),
-        (Command.SEND_INDEX, SendIndex(1, 0, 256, 256, 1, 2, 0, 0, 0, 0).encode(13)),
+        (Command.SEND_INDEX, SendIndex(1, 0, 256, 256, 1, 2, 0, 0, 0, 0).encode(minor)),
         (Command.DATA_PENDING, DataPending(1, 0).encode()),
         (Command.QUIESCENT_CONTROL, QuiescentControl(2).encode()),
     ]
@@ -1267,9 +1400,10 @@ def scripted_session() -> tuple[bytes, bytes]:
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cuts=st.lists(st.integers(1, 200), max_size=60))
+@pytest.mark.parametrize("minor", [13, 15])
 def test_control_bytes_split_anywhere_get_the_same_replies_and_files(
-        utc: None, cuts: list[int]) -> None:
-    raw, replies = scripted_session()
+        utc: None, minor: int, cuts: list[int]) -> None:
+    raw, replies = scripted_session(minor)
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         peer = Peer(Relay(RelaySettings(output_root=root)))
@@ -1282,6 +1416,9 @@ def test_control_bytes_split_anywhere_get_the_same_replies_and_files(
         assert not peer.transport.closed
         metadata = root / SESSION_PATH / STREAM_PATH / "metadata"
         assert metadata.read_bytes() == b"/* CTF 1.8 */" + bytes(4)
+        [session] = peer.protocol.handler.relay.sessions.values()
+        assert session.trace_format is (TraceFormat.CTF_2 if minor >= 15
+                                        else TraceFormat.CTF_1_8)
 
 
 

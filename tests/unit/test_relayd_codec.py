@@ -1,6 +1,7 @@
 """The relayd control/data codec: exact struct sizes, field offsets, round trips, replies, errors.
 
-Byte layouts are those of lttng-tools 2.13.9 `sessiond-comm/relayd.h` (big-endian, packed).
+Byte layouts are those of lttng-tools 2.13.9 `sessiond-comm/relayd.h` (big-endian, packed),
+plus the 2.15 CREATE_SESSION of `relayd.hpp @ v2.16.0-rc2` (shared/protocol/protocol-2.15.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pyrelayd.protocol.relayd import (
     DATA_HEADER_SIZE,
     MAX_CONTROL_PAYLOAD,
     MAX_REQUEST_PAYLOAD,
+    RELAYD_VERSION_MAJOR,
+    RELAYD_VERSION_MINOR,
     UINT64_MAX,
     AddStream,
     BeginDataPending,
@@ -42,6 +45,7 @@ from pyrelayd.protocol.relayd import (
     StreamRotation,
     StreamsSent,
     TraceChunkExists,
+    TraceFormat,
     Version,
     close_trace_chunk_reply,
     create_session_reply_2_11,
@@ -62,10 +66,13 @@ u8 = st.integers(0, 0xFF)
 u32 = st.integers(0, 0xFFFF_FFFF)
 u64 = st.integers(0, UINT64_MAX)
 uuids = st.binary(min_size=16, max_size=16)
-# Peers only ever send 2.1 .. 2.15; minors are grouped by the payload layout they select.
+trace_formats = st.sampled_from(TraceFormat)
+# Peers only ever send 2.1 .. 2.15 (a 2.16 peer announces 15 too); minors are grouped by the
+# CREATE_SESSION layout they select.
 MINORS_WITHOUT_CREATE_PAYLOAD = (0, 1, 2, 3)
 MINORS_2_4 = (4, 5, 8, 10)
-MINORS_2_11 = (11, 12, 13)
+MINORS_2_11 = (11, 12, 13, 14)
+MINORS_2_15 = (15, 16)
 
 
 class Request(Protocol):
@@ -162,6 +169,9 @@ def test_control_payload_limit_is_128_mib() -> None:
         (CreateSession("s", "h"), 4, 327),
         (CreateSession("s", "h"), 10, 327),
         (CreateSession("", "", ""), 11, 59 + 1 + 1 + 1),
+        (CreateSession("", "", ""), 14, 59 + 1 + 1 + 1),
+        (CreateSession("", "", ""), 15, 63 + 1 + 1 + 1),
+        (CreateSession("", "", "", trace_format=TraceFormat.CTF_2), 13, 59 + 1 + 1 + 1),
         (AddStream("c", "p"), 1, 4360),
         (AddStream("c", "p"), 2, 4376),
         (AddStream("c", "p"), 10, 4376),
@@ -234,6 +244,41 @@ def test_create_session_2_11_layout() -> None:
     assert raw[50] == 1  # current_chunk_id.is_set
     assert raw[51:59] == be64(0x3132333435363738)
     assert raw[59:] == b"s\0hh\0bbb\0"
+
+
+def test_create_session_2_15_fixed_part_is_63_bytes() -> None:
+    assert CreateSession.FORMAT_2_11.size == 59
+    assert CreateSession.FORMAT_2_15.size == 63
+
+
+@pytest.mark.parametrize("trace_format", list(TraceFormat), ids=lambda f: f.label)
+def test_create_session_2_15_layout_is_the_2_11_fixed_part_then_the_trace_format(
+        trace_format: TraceFormat) -> None:
+    request = CreateSession(
+        session_name="s", hostname="hh", base_path="bbb", live_timer=0x01020304, snapshot=True,
+        session_name_contains_creation_time=True, sessiond_uuid=bytes(range(1, 17)),
+        sessiond_session_id=0x1112131415161718, creation_time=0x2122232425262728,
+        current_chunk_id=0x3132333435363738, trace_format=trace_format,
+    )
+
+    raw = request.encode(15)
+
+    assert raw[:59] == request.encode(13)[:59]
+    assert raw[59:63] == be32(trace_format)  # 1 = CTF 1.8, 2 = CTF 2: lttng's public values
+    assert raw[63:] == b"s\0hh\0bbb\0"
+
+
+def test_trace_format_values_are_lttng_public_ones() -> None:
+    assert (TraceFormat.CTF_1_8, TraceFormat.CTF_2) == (1, 2)
+    assert (TraceFormat.CTF_1_8.label, TraceFormat.CTF_2.label) == ("ctf-1.8", "ctf-2")
+
+
+@pytest.mark.parametrize("minor", MINORS_2_11)
+def test_create_session_before_2_15_carries_no_trace_format(minor: int) -> None:
+    request = CreateSession("s", "h", sessiond_uuid=bytes(range(16)),
+                            trace_format=TraceFormat.CTF_2)
+
+    assert CreateSession.decode(request.encode(minor), minor).trace_format is TraceFormat.CTF_1_8
 
 
 def test_create_session_2_11_without_current_chunk_leaves_is_set_clear() -> None:
@@ -336,6 +381,22 @@ def test_create_session_2_11_round_trip(minor: int, name: str, host: str, base: 
                                         chunk_id: int | None) -> None:
     request = CreateSession(name, host, base, live_timer, snapshot, has_time, uuid, session_id,
                             creation_time, chunk_id)
+
+    assert CreateSession.decode(request.encode(minor), minor) == request
+
+
+@pytest.mark.parametrize("minor", MINORS_2_15)
+@given(
+    name=c_strings(254), host=c_strings(63), base=c_strings(200), live_timer=u32,
+    snapshot=st.booleans(), has_time=st.booleans(), uuid=uuids, session_id=u64,
+    creation_time=u64, chunk_id=st.none() | u64, trace_format=trace_formats,
+)
+def test_create_session_2_15_round_trip(minor: int, name: str, host: str, base: str,
+                                        live_timer: int, snapshot: bool, has_time: bool,
+                                        uuid: bytes, session_id: int, creation_time: int,
+                                        chunk_id: int | None, trace_format: TraceFormat) -> None:
+    request = CreateSession(name, host, base, live_timer, snapshot, has_time, uuid, session_id,
+                            creation_time, chunk_id, trace_format)
 
     assert CreateSession.decode(request.encode(minor), minor) == request
 
@@ -482,6 +543,15 @@ def _create_session_2_11(name: bytes = b"s\0", host: bytes = b"h\0", base: bytes
     return fixed + name + host + base
 
 
+def _create_session_2_15(name: bytes = b"s\0", host: bytes = b"h\0", base: bytes = b"\0", *,
+                         lengths: tuple[int, int, int] | None = None,
+                         trace_format: int = TraceFormat.CTF_1_8) -> bytes:
+    name_len, host_len, base_len = lengths or (len(name), len(host), len(base))
+    fixed = struct.pack(">IIIIBB16sQQBQI", name_len, host_len, base_len, 0, 0, 0,
+                        bytes(range(16)), 1, 2, 0, 0, trace_format)
+    return fixed + name + host + base
+
+
 def _add_stream_2_11(channel: bytes = b"c\0", path: bytes = b"p\0", *,
                      lengths: tuple[int, int] | None = None) -> bytes:
     channel_len, path_len = lengths or (len(channel), len(path))
@@ -495,6 +565,8 @@ def _add_stream_2_11(channel: bytes = b"c\0", path: bytes = b"p\0", *,
         (GetConfiguration.decode, bytes(7), 13),
         (CreateSession.decode, bytes(326), 4),
         (CreateSession.decode, bytes(58), 11),
+        (CreateSession.decode, bytes(58), 14),
+        (CreateSession.decode, bytes(62), 15),
         (AddStream.decode, bytes(4359), 1),
         (AddStream.decode, bytes(4375), 2),
         (AddStream.decode, bytes(31), 11),
@@ -537,6 +609,53 @@ def test_short_payload_is_a_protocol_error(decode: Callable[[bytes, int], object
 def test_malformed_create_session_2_11_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         CreateSession.decode(payload, 11)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(_create_session_2_15(b"", lengths=(0, 2, 1)), id="empty session name"),
+        pytest.param(_create_session_2_15(b"x" * 255 + b"\0"), id="session name of 256 bytes"),
+        pytest.param(_create_session_2_15(host=b"h" * 256 + b"\0"), id="hostname of 257 bytes"),
+        pytest.param(_create_session_2_15(base=b"b" * 4096 + b"\0"), id="base path of 4097"),
+        pytest.param(_create_session_2_15(b"ss"), id="session name not NUL-terminated"),
+        pytest.param(_create_session_2_15(host=b"hh"), id="hostname not NUL-terminated"),
+        pytest.param(_create_session_2_15(base=b"bb"), id="base path not NUL-terminated"),
+        pytest.param(_create_session_2_15(lengths=(2, 2, 9)), id="names beyond the payload"),
+        pytest.param(_create_session_2_15(b"\xff\0"), id="session name not UTF-8"),
+        pytest.param(_create_session_2_11(), id="2.11 shape"),
+    ],
+)
+def test_malformed_create_session_2_15_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        CreateSession.decode(payload, 15)
+
+
+@pytest.mark.parametrize("trace_format", [0, 3, 0x100, 0x0100_0000, 0xFFFF_FFFF],
+                         ids=["default (0)", "3", "0x100", "1 little-endian", "0xffffffff"])
+def test_create_session_2_15_with_an_unknown_trace_format_is_a_protocol_error(
+        trace_format: int) -> None:
+    # lttng-relayd refuses anything but 1 and 2: DEFAULT (0) is resolved by the sessiond.
+    with pytest.raises(ProtocolError, match="trace format"):
+        CreateSession.decode(_create_session_2_15(trace_format=trace_format), 15)
+
+
+@pytest.mark.parametrize("trace_format", list(TraceFormat), ids=lambda f: f.label)
+def test_create_session_2_15_decodes_the_trace_format(trace_format: TraceFormat) -> None:
+    request = CreateSession.decode(_create_session_2_15(trace_format=trace_format), 15)
+
+    assert request.trace_format is trace_format
+    assert (request.session_name, request.hostname, request.base_path) == ("s", "h", "")
+
+
+def test_create_session_2_15_accepts_the_largest_names() -> None:
+    payload = _create_session_2_15(b"n" * 254 + b"\0", b"h" * 255 + b"\0", b"b" * 4095 + b"\0")
+
+    request = CreateSession.decode(payload, 15)
+
+    assert (len(request.session_name), len(request.hostname), len(request.base_path)) == (
+        254, 255, 4095)
+    assert MAX_REQUEST_PAYLOAD[Command.CREATE_SESSION] == len(payload) == 63 + 255 + 256 + 4096
 
 
 def test_create_session_2_11_accepts_the_largest_names() -> None:
@@ -664,8 +783,10 @@ def test_status_replies_are_id_then_code() -> None:
     assert status_stream_reply(UINT64_MAX, ReturnCode.UNK) == b"\xff" * 8 + be32(11)
 
 
-def test_version_reply_is_2_13_by_default() -> None:
-    assert version_reply() == bytes.fromhex("00000002 0000000d")
+def test_version_reply_is_2_15_by_default() -> None:
+    # lttng-relayd 2.15 and 2.16 both announce 15 (relayd.hpp:25 @ v2.16.0-rc2).
+    assert (RELAYD_VERSION_MAJOR, RELAYD_VERSION_MINOR) == (2, 15)
+    assert version_reply() == bytes.fromhex("00000002 0000000f")
 
 
 def test_create_session_reply_2_11_carries_the_nul_terminated_path() -> None:
@@ -716,6 +837,7 @@ def test_reply_decoders_read_what_builders_write(handle: int, code: int) -> None
         (Command.TRACE_CHUNK_EXISTS, 13, 5),
         (Command.CREATE_SESSION, 10, 12),
         (Command.CREATE_SESSION, 11, None),
+        (Command.CREATE_SESSION, 15, None),
         (Command.CLOSE_TRACE_CHUNK, 13, None),
         (Command.SEND_METADATA, 13, None),
         (Command.CLOSE_STREAM, 13, 4),

@@ -214,10 +214,13 @@ def test_a_beacon_is_never_written(stream: RelayStream) -> None:
     assert stream.pending_indexes == {}
 
 
-def test_a_beacon_before_any_index_does_not_mark_the_stream_idle(stream: RelayStream) -> None:
+def test_a_beacon_before_any_index_marks_the_stream_idle(stream: RelayStream) -> None:
+    # lttng-relayd 2.15+: a stream that never had a packet is INACTIVE (not RETRY forever),
+    # with the CTF stream id the beacon carries.
     stream.add_index(beacon(stream, UINT64_MAX, 5000))
 
-    assert stream.beacon_ts_end == UINT64_MAX
+    assert stream.beacon_ts_end == 5000
+    assert stream.ctf_stream_id == 3
     assert not index_path(stream).exists()
     assert stream.pending_indexes == {}
 

@@ -70,8 +70,10 @@ from pyrelayd.protocol.viewer import (
     SessionInfo,
     SessionList,
     StreamInfo,
+    TraceFormat,
     ViewerFlag,
     decode_request,
+    negotiated_minor,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,6 +104,7 @@ class FakeRelay:
     def __init__(self) -> None:
         self.connect_reply = Connect(1, 2, 13, 0)
         self.sessions: list[SessionInfo] = [SESSION]
+        self.list_reply: bytes | None = None  # raw LIST_SESSIONS reply bytes, if set
         self.attach_replies: dict[int, AttachSessionReply] = {}
         self.create_status = CreateSessionStatus.OK
         self.indexes: dict[int, collections.deque[IndexReply]] = collections.defaultdict(
@@ -114,6 +117,7 @@ class FakeRelay:
         self.new_streams: dict[int, collections.deque[NewStreamsReply]] = (
             collections.defaultdict(collections.deque))
         self.close_on: Command | None = None
+        self.close_after: Command | None = None  # reply to this command, then close
         self.silent_on: Command | None = None  # never answer this command
         self.requests: list[Request] = []
         self.port = 0
@@ -132,6 +136,7 @@ class FakeRelay:
         return [request for request in self.requests if isinstance(request, kind)]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        minor = 0
         try:
             while True:
                 header = CommandHeader.decode(await reader.readexactly(16))
@@ -144,18 +149,24 @@ class FakeRelay:
                     return
                 if self.silent_on == header.command:
                     continue
-                writer.write(self._reply(request))
+                if isinstance(request, Connect):
+                    minor = negotiated_minor(request.minor, self.connect_reply.minor)
+                writer.write(self._reply(request, minor))
                 await writer.drain()
+                if self.close_after == header.command:
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    def _reply(self, request: Request) -> bytes:
+    def _reply(self, request: Request, minor: int) -> bytes:
         if isinstance(request, Connect):
             return self.connect_reply.encode()
         if isinstance(request, ListSessions):
-            return SessionList(tuple(self.sessions)).encode()
+            if self.list_reply is not None:
+                return self.list_reply
+            return SessionList(tuple(self.sessions)).encode(minor)
         if isinstance(request, CreateSession):
             return CreateSessionReply(self.create_status).encode()
         if isinstance(request, AttachSession):
@@ -208,17 +219,23 @@ async def collect(live: LiveClient, *args: Any, **kwargs: Any) -> list[LiveEvent
 # --- commands ----------------------------------------------------------------------------------
 
 
-async def test_handshake_sends_babeltrace_connect_and_keeps_the_smaller_minor(
+async def test_handshake_announces_2_15_and_keeps_the_smaller_minor(
     relay: FakeRelay, client: LiveClient
 ) -> None:
-    assert relay.requests == [Connect(UINT64_MAX, 2, 4, ConnectionType.COMMAND)]
+    # As babeltrace2 2.1: minor 15, all-ones id, COMMAND; a 2.13 relay answers 13.
+    assert relay.requests == [Connect(UINT64_MAX, 2, 15, ConnectionType.COMMAND)]
     assert client.relay == Connect(1, 2, 13, 0)
-    assert client.minor == 4
+    assert client.minor == 13
 
 
-async def test_handshake_with_a_newer_viewer_minor(relay: FakeRelay) -> None:
-    async with LiveClient("127.0.0.1", relay.port, minor=15) as live:
-        assert live.minor == 13
+@pytest.mark.parametrize(("requested", "relay_minor", "negotiated"),
+                         [(4, 13, 4), (4, 15, 4), (15, 15, 15), (16, 15, 15), (15, 14, 14)])
+async def test_handshake_with_another_minor(relay: FakeRelay, requested: int, relay_minor: int,
+                                            negotiated: int) -> None:
+    relay.connect_reply = Connect(1, 2, relay_minor, 0)
+    async with LiveClient("127.0.0.1", relay.port, minor=requested) as live:
+        assert relay.requests == [Connect(UINT64_MAX, 2, requested, ConnectionType.COMMAND)]
+        assert live.minor == negotiated
 
 
 async def test_handshake_refuses_another_major(relay: FakeRelay) -> None:
@@ -242,6 +259,62 @@ async def test_list_sessions(relay: FakeRelay, client: LiveClient) -> None:
     other = SessionInfo(2, 0, 1, 4, "host2", "s2")
     relay.sessions = [SESSION, other]
     assert await client.list_sessions() == [SESSION, other]
+
+
+async def test_list_sessions_of_a_2_15_relay_carry_the_trace_format(relay: FakeRelay) -> None:
+    relay.connect_reply = Connect(1, 2, 15, 0)
+    ctf_2 = SessionInfo(2, 100000, 0, 4, "a-hostname-longer-than-the-64-bytes-of-the-2.4-layout"
+                        "-entries-xxxxxxxxxxxxxx", "s2", TraceFormat.CTF_2)
+    relay.sessions = [SESSION, ctf_2]
+    async with LiveClient("127.0.0.1", relay.port) as live:
+        assert live.minor == 15
+        sessions = await live.list_sessions()
+    assert sessions == [SESSION, ctf_2]
+    assert [s.trace_format for s in sessions] == [TraceFormat.CTF_1_8, TraceFormat.CTF_2]
+
+
+async def test_list_sessions_below_2_15_are_ctf_1_8(relay: FakeRelay) -> None:
+    relay.connect_reply = Connect(1, 2, 15, 0)
+    async with LiveClient("127.0.0.1", relay.port, minor=4) as live:
+        [session] = await live.list_sessions()  # 2.4 entries: no format on the wire
+    assert session == SESSION and session.trace_format is TraceFormat.CTF_1_8
+
+
+def entry_2_15(host_len: int, name_len: int, live_format: int) -> bytes:
+    return struct.pack(">QIIIIII", 1, 100, 0, 2, host_len, name_len, live_format)
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (struct.pack(">I", 1) + entry_2_15(2, 2, 2) + b"vms1", "unknown trace format 2"),
+        # Huge lengths are refused as soon as the fixed part is in: nothing more is awaited.
+        (struct.pack(">I", 1) + entry_2_15(2**32 - 1, 2, 0), "hostname of 4294967295 bytes"),
+        (struct.pack(">I", 1) + entry_2_15(2, 2**31, 0), "session name of 2147483648 bytes"),
+        (struct.pack(">I", 1) + entry_2_15(2, 2, 0) + b"v\0s1", "NUL"),
+    ],
+)
+async def test_bad_2_15_entries_are_protocol_errors(relay: FakeRelay, reply: bytes,
+                                                    message: str) -> None:
+    relay.connect_reply = Connect(1, 2, 15, 0)
+    relay.list_reply = reply
+    async with LiveClient("127.0.0.1", relay.port, request_timeout=5) as live:
+        with pytest.raises(ProtocolError, match=message):
+            await live.list_sessions()
+        assert not live.connected
+
+
+@pytest.mark.parametrize("cut", [4 + 36 + 10, 4 + 36 + 32, 4 + 36 + 32 + 17])
+async def test_relay_closing_in_a_2_15_entry_is_a_closed_connection(relay: FakeRelay,
+                                                                    cut: int) -> None:
+    relay.connect_reply = Connect(1, 2, 15, 0)
+    whole = struct.pack(">I", 2) + entry_2_15(2, 2, 0) + b"vms1" + entry_2_15(9, 9, 1) + b"x" * 18
+    relay.list_reply = whole[:cut]
+    relay.close_after = Command.LIST_SESSIONS
+    async with LiveClient("127.0.0.1", relay.port, request_timeout=5) as live:
+        with pytest.raises(ConnectionClosedError):
+            await live.list_sessions()
+        assert not live.connected
 
 
 def test_merge_sessions_sums_streams_and_keeps_the_most_clients() -> None:
@@ -574,7 +647,7 @@ def relay_in_thread(fake: FakeRelay) -> Iterator[FakeRelay]:
 
 
 def test_cli_lists_like_babeltrace(capsys: pytest.CaptureFixture[str]) -> None:
-    fake = FakeRelay()
+    fake = FakeRelay()  # a 2.13 relay: no format on the wire, its sessions are CTF 1.8
     fake.sessions = [SessionInfo(1, 100000, 0, 3, "vm", "s1"),
                      SessionInfo(2, 100000, 1, 2, "vm", "s1"),
                      SessionInfo(3, 0, 0, 1, "vm", "other")]
@@ -582,9 +655,37 @@ def test_cli_lists_like_babeltrace(capsys: pytest.CaptureFixture[str]) -> None:
         url = f"net://localhost:{fake.port}"
         assert live_cli.main([url]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"{url}/host/vm/s1 (timer = 100000, 5 stream(s), 1 client(s) connected)",
-        f"{url}/host/vm/other (timer = 0, 1 stream(s), 0 client(s) connected)",
+        f"{url}/host/vm/s1 (timer = 100000, 5 stream(s), 1 client(s) connected, CTF 1.8)",
+        f"{url}/host/vm/other (timer = 0, 1 stream(s), 0 client(s) connected, CTF 1.8)",
     ]
+    assert fake.of(Connect)[0].minor == 15
+
+
+def test_cli_lists_the_trace_format_of_a_2_15_relay(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeRelay()
+    fake.connect_reply = Connect(1, 2, 15, 0)
+    fake.sessions = [SessionInfo(1, 100000, 0, 3, "vm", "ctf2", TraceFormat.CTF_2),
+                     SessionInfo(2, 100000, 0, 3, "vm", "ctf2", TraceFormat.CTF_2),
+                     SessionInfo(3, 100000, 1, 2, "vm", "ctf18", TraceFormat.CTF_1_8)]
+    with relay_in_thread(fake):
+        url = f"net://localhost:{fake.port}"
+        assert live_cli.main([url]) == 0
+    # babeltrace2 2.1's listing.
+    assert capsys.readouterr().out.splitlines() == [
+        f"{url}/host/vm/ctf2 (timer = 100000, 6 stream(s), 0 client(s) connected, CTF 2)",
+        f"{url}/host/vm/ctf18 (timer = 100000, 2 stream(s), 1 client(s) connected, CTF 1.8)",
+    ]
+
+
+def test_cli_can_announce_another_minor(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeRelay()
+    fake.connect_reply = Connect(1, 2, 15, 0)
+    with relay_in_thread(fake):
+        url = f"net://localhost:{fake.port}"
+        assert live_cli.main([url, "--minor", "4"]) == 0
+    assert fake.of(Connect) == [Connect(UINT64_MAX, 2, 4, ConnectionType.COMMAND)]
+    assert capsys.readouterr().out.splitlines() == [
+        f"{url}/host/host/s1 (timer = 100000, 3 stream(s), 0 client(s) connected, CTF 1.8)"]
 
 
 def test_cli_follows_packets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -615,6 +716,14 @@ def test_cli_missing_session_is_an_error(capsys: pytest.CaptureFixture[str]) -> 
     assert err.count("\n") == 1 and "no session `nope` of host `vm`" in err
 
 
+@pytest.mark.parametrize("minor", ["-1", "4294967296", "x"])
+def test_cli_refuses_a_minor_out_of_range(capsys: pytest.CaptureFixture[str], minor: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        live_cli.main(["net://h", "--minor", minor])
+    assert exited.value.code == 2
+    assert "--minor" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -622,6 +731,7 @@ def test_cli_missing_session_is_an_error(capsys: pytest.CaptureFixture[str]) -> 
         (["net://127.0.0.1:1"], "cannot connect"),
         (["net://h", "--events"], "--events needs a session URL"),
         (["net://h/host/a/b", "--events", "--seek", "beginning"], "drop --seek"),
+        (["net://h/host/a/b", "--events", "--minor", "4"], "drop --minor"),
     ],
 )
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -671,6 +781,8 @@ def test_against_the_c_relay(tmp_path: Path) -> None:
         ours = io.StringIO()
         asyncio.run(live_cli.list_sessions(listing_url, parse_live_url(listing_url), ours))
         theirs = env.run_command(["babeltrace2", "-i", "lttng-live", listing_url]).stdout
+        if "CTF 1.8)" not in theirs:  # babeltrace2 2.0 prints no trace format (2.1 does)
+            theirs = theirs.replace(" connected)", " connected, CTF 1.8)")
         assert ours.getvalue() == theirs
         assert "/host/" in theirs and "viewer-check" in theirs
 

@@ -9,12 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyrelayd.protocol import relayd
 from pyrelayd.protocol.viewer import (
+    BABELTRACE_VERSION_MINOR,
     HOST_NAME_MAX,
+    HOST_NAME_MAX_2_15,
     NAME_MAX,
     PATH_MAX,
+    RELAY_VERSION_MINOR,
     REQUEST_PAYLOAD_SIZE,
+    SESSION_NAME_MAX_2_15,
+    TRACE_FORMAT_MINOR,
     UNKNOWN_COMMAND_REPLY,
+    VIEWER_VERSION_MINOR,
     AttachSession,
     AttachSessionReply,
     AttachStatus,
@@ -35,6 +42,7 @@ from pyrelayd.protocol.viewer import (
     IndexReply,
     IndexStatus,
     ListSessions,
+    LiveTraceFormat,
     MetadataReply,
     MetadataStatus,
     NewStreamsReply,
@@ -98,7 +106,18 @@ def test_codes_have_the_reference_values() -> None:
         ("OK", 1), ("NO_NEW", 2), ("ERR", 3), ("HUP", 4)]
     assert [(s.name, s.value) for s in CreateSessionStatus] == [("OK", 1), ("ERR", 2)]
     assert [(s.name, s.value) for s in DetachStatus] == [("OK", 1), ("UNK", 2), ("ERR", 3)]
-    assert (TraceFormat.CTF_1_8, TraceFormat.CTF_2) == (0, 1)
+    # The live wire enum (`lttng_live_trace_format`) is not lttng's public one.
+    assert [(f.name, f.value) for f in LiveTraceFormat] == [("CTF_1_8", 0), ("CTF_2", 1)]
+    assert [(f.name, f.value) for f in TraceFormat] == [("CTF_1_8", 1), ("CTF_2", 2)]
+    assert TraceFormat is relayd.TraceFormat  # one trace format for the whole relay
+
+
+def test_protocol_minors() -> None:
+    # lttng-relayd 2.15 and 2.16 announce 15; babeltrace2 2.0 sends 4, babeltrace2 2.1 sends 15.
+    assert RELAY_VERSION_MINOR == 15
+    assert (BABELTRACE_VERSION_MINOR, VIEWER_VERSION_MINOR) == (4, 15)
+    assert TRACE_FORMAT_MINOR == 15
+    assert Connect().minor == BABELTRACE_VERSION_MINOR  # a bare Connect speaks as babeltrace2 2.0
 
 
 def test_struct_sizes_match_the_packed_abi() -> None:
@@ -136,6 +155,7 @@ def test_request_payload_sizes() -> None:
 def test_negotiated_minor_is_the_smaller() -> None:
     assert negotiated_minor(4, 13) == 4
     assert negotiated_minor(15, 13) == 13
+    assert negotiated_minor(16, 15) == 15  # lttng's own test client sends its VERSION_MINOR
 
 
 # --- exact bytes ------------------------------------------------------------------------------
@@ -189,9 +209,37 @@ def test_session_entry_2_4_layout() -> None:
     assert raw[84:] == b"s1".ljust(255, b"\0")
 
 
-def test_session_entry_2_15_layout() -> None:
-    raw = SessionInfo(1, 5, 1, 3, "vm", "s1", TraceFormat.CTF_2).encode(15)
-    assert raw == struct.pack(">QIIIIII", 1, 5, 1, 3, 2, 2, 1) + b"vms1"
+@pytest.mark.parametrize(("trace_format", "live_value"),
+                         [(TraceFormat.CTF_1_8, 0), (TraceFormat.CTF_2, 1)])
+def test_session_entry_2_15_layout(trace_format: TraceFormat, live_value: int) -> None:
+    # 32 fixed bytes: id u64, live_timer, clients, streams, hostname_len, session_name_len,
+    # trace_format (live enum), then the names without NUL or padding.
+    raw = SessionInfo(1, 5, 1, 3, "vm", "s1", trace_format).encode(15)
+    assert raw == struct.pack(">QIIIIII", 1, 5, 1, 3, 2, 2, live_value) + b"vms1"
+    assert len(raw) == 32 + 2 + 2
+    assert SessionInfo.decode(raw, 15) == SessionInfo(1, 5, 1, 3, "vm", "s1", trace_format)
+
+
+def test_session_entry_2_15_strings_are_utf8_byte_lengths() -> None:
+    raw = SessionInfo(9, 0, 0, 0, "hôte", "", TraceFormat.CTF_1_8).encode(15)
+    assert raw[20:28] == struct.pack(">II", 5, 0)
+    assert raw[32:] == "hôte".encode()
+
+
+def test_session_entry_layout_follows_the_negotiated_minor() -> None:
+    session = SessionInfo(1, 5, 0, 3, "vm", "s1")
+    for minor in (4, 13, 14):
+        assert len(session.encode(minor)) == 339
+        assert SessionList.missing(struct.pack(">I", 1), minor) == 339
+    for minor in (15, 16):
+        assert len(session.encode(minor)) == 36
+        assert SessionList.missing(struct.pack(">I", 1), minor) == 32
+
+
+def test_session_entry_2_4_is_ctf_1_8() -> None:
+    # Relays speaking < 15 never say the format: they only record CTF 1.8.
+    raw = SessionInfo(1, 100000, 0, 3, "vm", "s1").encode(13)
+    assert SessionInfo.decode(raw, 13).trace_format is TraceFormat.CTF_1_8
 
 
 def test_stream_entry_layout() -> None:
@@ -215,7 +263,7 @@ session_infos = st.builds(
     st.just(TraceFormat.CTF_1_8),
 )
 session_infos_2_15 = st.builds(
-    SessionInfo, U64, U32, U32, U32, text(HOST_NAME_MAX), text(NAME_MAX),
+    SessionInfo, U64, U32, U32, U32, text(HOST_NAME_MAX_2_15), text(SESSION_NAME_MAX_2_15),
     st.sampled_from(TraceFormat),
 )
 stream_infos = st.builds(StreamInfo, U64, U64, st.booleans(), text(PATH_MAX), text(NAME_MAX))
@@ -260,6 +308,8 @@ def test_session_list_round_trip_2_4(sessions: list[SessionInfo]) -> None:
 def test_session_list_round_trip_2_15(sessions: list[SessionInfo]) -> None:
     reply = SessionList(tuple(sessions))
     wire = read_all(SessionList, reply.encode(15), 15)
+    assert len(wire) == 4 + sum(
+        32 + len(s.hostname.encode()) + len(s.session_name.encode()) for s in sessions)
     assert SessionList.decode(wire, 15) == reply
 
 
@@ -351,15 +401,98 @@ def test_invalid_utf8_is_a_protocol_error() -> None:
         StreamInfo.decode(bytes(raw))
 
 
-def test_ctf2_session_cannot_be_listed_to_an_old_viewer() -> None:
+@pytest.mark.parametrize("minor", [4, 13, 14])
+def test_ctf2_session_cannot_be_listed_to_an_old_viewer(minor: int) -> None:
     with pytest.raises(ValueError, match="CTF 2"):
-        SessionInfo(1, 0, 0, 0, "h", "s", TraceFormat.CTF_2).encode(4)
+        SessionInfo(1, 0, 0, 0, "h", "s", TraceFormat.CTF_2).encode(minor)
 
 
-def test_2_15_entry_lengths_are_bounded() -> None:
-    raw = struct.pack(">I", 1) + struct.pack(">QIIIIII", 1, 0, 0, 0, 64, 1, 0) + b"x" * 65
-    with pytest.raises(ProtocolError, match="too long"):
-        SessionList.missing(raw, 15)
+def test_2_15_entry_names_have_a_relay_session_limits() -> None:
+    # No fixed field: a hostname of 64 bytes or more only fits the 2.15 layout.
+    longest = SessionInfo(1, 0, 0, 0, "h" * 255, "s" * 254)
+    assert SessionInfo.decode(longest.encode(15), 15) == longest
+    with pytest.raises(ValueError, match="does not fit"):
+        longest.encode(4)
+    with pytest.raises(ValueError, match="does not fit"):
+        SessionInfo(1, 0, 0, 0, "h" * 256, "s").encode(15)
+    with pytest.raises(ValueError, match="does not fit"):
+        SessionInfo(1, 0, 0, 0, "h", "s" * 255).encode(15)
+    with pytest.raises(ValueError, match="NUL"):
+        SessionInfo(1, 0, 0, 0, "h\0x", "s").encode(15)
+
+
+def entry_2_15(host: bytes = b"vm", name: bytes = b"s1", live_format: int = 0,
+               host_len: int | None = None, name_len: int | None = None) -> bytes:
+    fixed = struct.pack(">QIIIIII", 1, 100, 0, 2,
+                        len(host) if host_len is None else host_len,
+                        len(name) if name_len is None else name_len, live_format)
+    return fixed + host + name
+
+
+@pytest.mark.parametrize(
+    ("fixed", "message"),
+    [
+        (entry_2_15(host_len=256, host=b""), "hostname of 256 bytes, at most 255"),
+        (entry_2_15(name_len=255, name=b""), "session name of 255 bytes, at most 254"),
+        (entry_2_15(host_len=2**32 - 1, host=b""), "hostname of 4294967295 bytes"),
+        (entry_2_15(name_len=2**32 - 1, name=b""), "session name of 4294967295 bytes"),
+        (entry_2_15(live_format=2), "unknown trace format 2"),
+        (entry_2_15(live_format=2**32 - 1), "unknown trace format 4294967295"),
+    ],
+)
+def test_2_15_fixed_part_is_checked_before_the_names_are_read(fixed: bytes,
+                                                              message: str) -> None:
+    # Only the 32 fixed bytes have arrived: a reader must not be asked for the names.
+    header = struct.pack(">I", 1)
+    with pytest.raises(ProtocolError, match=message):
+        SessionList.missing(header + fixed[:32], 15)
+    with pytest.raises(ProtocolError, match=message):
+        SessionInfo.missing(fixed[:32], 15)
+    with pytest.raises(ProtocolError, match=message):
+        SessionList.decode(header + fixed, 15)
+
+
+def test_2_15_entries_are_read_piece_by_piece() -> None:
+    second = entry_2_15(b"host2", b"session2", live_format=1)
+    wire = struct.pack(">I", 2) + entry_2_15() + second
+    assert SessionList.missing(wire[:4], 15) == 32
+    assert SessionList.missing(wire[:20], 15) == 16  # the rest of the first fixed part
+    assert SessionList.missing(wire[:36], 15) == 4  # first names
+    assert SessionList.missing(wire[:40], 15) == 32  # second fixed part
+    assert SessionList.missing(wire[:72], 15) == 13  # second names
+    assert SessionList.missing(wire, 15) == 0
+    assert [s.trace_format for s in SessionList.decode(wire, 15).sessions] == [
+        TraceFormat.CTF_1_8, TraceFormat.CTF_2]
+
+
+@pytest.mark.parametrize("cut", [1, 31, 32, 33, 35])
+def test_truncated_2_15_entries_are_protocol_errors(cut: int) -> None:
+    entry = entry_2_15()
+    with pytest.raises(ProtocolError):
+        SessionInfo.decode(entry[:cut], 15)
+    with pytest.raises(ProtocolError, match="missing"):
+        SessionList.decode(struct.pack(">I", 1) + entry[:cut], 15)
+    with pytest.raises(ProtocolError, match="missing"):
+        SessionList.decode(struct.pack(">I", 2) + entry, 15)  # one entry announced too many
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (entry_2_15(host=b"v\0"), "NUL"),
+        (entry_2_15(name=b"\xff"), "UTF-8"),
+    ],
+)
+def test_bad_2_15_names_are_protocol_errors(entry: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        SessionList.decode(struct.pack(">I", 1) + entry, 15)
+
+
+def test_2_15_entry_with_trailing_bytes_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="expected 36"):
+        SessionInfo.decode(entry_2_15() + b"x", 15)
+    with pytest.raises(ProtocolError, match="trailing"):
+        SessionList.decode(struct.pack(">I", 1) + entry_2_15() + b"x", 15)
 
 
 # --- malformed replies and requests ----------------------------------------------------------
@@ -426,6 +559,8 @@ def test_absurd_counts_and_lengths_are_refused() -> None:
         AttachSessionReply.missing(struct.pack(">II", 1, 2**32 - 1))
     with pytest.raises(ProtocolError, match="records"):
         SessionList.missing(struct.pack(">I", 2**31), 4)
+    with pytest.raises(ProtocolError, match="records"):
+        SessionList.missing(struct.pack(">I", 2**32 - 1), 15)
     with pytest.raises(ProtocolError, match="too large"):
         MetadataReply.missing(struct.pack(">QI", 2**40, 1))
 

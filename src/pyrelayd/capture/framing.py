@@ -2,7 +2,9 @@
 
 Control requests are a 24-byte header plus `data_size` payload bytes; the data port carries
 32-byte headers each followed by `data_size` packet bytes; replies have no header and their
-size follows from the command they answer (`reply_size`).
+size follows from the command they answer and from the protocol minor negotiated by the
+connection's VERSION exchange (`reply_size`, `negotiated_minor`). Requests need no minor:
+their header gives their size, whatever their layout (a 2.15 CREATE_SESSION included).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pyrelayd.protocol.relayd import (
     Command,
     ControlHeader,
     DataHeader,
+    ProtocolError,
     ReturnCode,
+    Version,
     expected_reply_size,
 )
 
@@ -109,6 +113,16 @@ class DataFramer:
     def pending(self) -> bytes:
         """Bytes of a data header not yet complete."""
         return bytes(self._header)
+
+
+def negotiated_minor(request: ControlRequest, reply: bytes) -> int | None:
+    """min(peer minor, relay minor) of a VERSION exchange, None if either side is unusable."""
+    try:
+        peer = Version.decode(request.payload)
+        relay = Version.decode(reply)
+    except ProtocolError:
+        return None
+    return min(peer.minor, relay.minor)
 
 
 # Where the length of the trailing path sits in the two variable-size replies.

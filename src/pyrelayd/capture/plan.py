@@ -17,10 +17,11 @@ from pyrelayd.capture.framing import (
     ControlRequestFramer,
     DataFramer,
     DataPart,
+    negotiated_minor,
     reply_size,
 )
 from pyrelayd.capture.recording import Direction, Event, Kind, Record, RecordingError
-from pyrelayd.protocol.relayd import Command, ProtocolError, Version
+from pyrelayd.protocol.relayd import Command
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,16 +81,6 @@ class _RecordedConnection:
     def pending(self) -> bytes:
         framer = self.requests if self.kind == Kind.CONTROL else self.packets
         return framer.pending
-
-
-def _negotiated_minor(request: ControlRequest, reply: bytes) -> int | None:
-    """min(peer minor, relay minor) of a VERSION exchange, None if either side is unusable."""
-    try:
-        peer = Version.decode(request.payload)
-        relay = Version.decode(reply)
-    except ProtocolError:
-        return None
-    return min(peer.minor, relay.minor)
 
 
 class _Planner:
@@ -176,7 +167,7 @@ class _Planner:
             del state.replies[:size]
             state.awaiting_reply.popleft()
             if step.request.command == Command.VERSION:
-                minor = _negotiated_minor(step.request, step.recorded_reply)
+                minor = negotiated_minor(step.request, step.recorded_reply)
                 if minor is not None:
                     state.minor = minor
         if state.replies:

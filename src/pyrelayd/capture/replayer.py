@@ -3,7 +3,8 @@
 The asyncio shell (`replay.py`) asks a `Replayer` which bytes to send for a step, how many
 reply bytes to read, and hands it each live reply: the replayer learns the live relay's
 ids and negotiated minor from it, and raises ReplayError when the live relay refuses what
-the recorded relay accepted.
+the recorded relay accepted. A VERSION request is replayed announcing the minor negotiated
+when recording (see `rewrite.rewrite_version`), so a newer relay speaks the recorded layouts.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from pyrelayd.capture.framing import reply_size
+from pyrelayd.capture.framing import ControlRequest, reply_size
 from pyrelayd.capture.plan import SendData, SendRequest
-from pyrelayd.capture.rewrite import IdMap, rewrite_data_header, rewrite_request
+from pyrelayd.capture.rewrite import (
+    IdMap,
+    rewrite_data_header,
+    rewrite_request,
+    rewrite_version,
+)
 from pyrelayd.protocol.relayd import Command, DataHeader, ProtocolError, ReturnCode, Version
 
 _CODE = struct.Struct(">I")
@@ -77,7 +83,7 @@ class Replayer:
             self._control_connections += 1
 
     def request_bytes(self, step: SendRequest) -> bytes:
-        raw = rewrite_request(step.request, self.ids).encode()
+        raw = self._live_request(step).encode()
         self._requests += 1
         self._bytes_sent += len(raw)
         return raw
@@ -123,6 +129,16 @@ class Replayer:
             elif command == Command.ADD_STREAM:
                 self._streams += 1
 
+    @staticmethod
+    def _version_sent(step: SendRequest) -> ControlRequest:
+        """The VERSION request as replayed: announcing the minor negotiated when recording."""
+        return rewrite_version(step.request, step.recorded_reply)
+
+    def _live_request(self, step: SendRequest) -> ControlRequest:
+        if step.request.command == Command.VERSION:
+            return self._version_sent(step)
+        return rewrite_request(step.request, self.ids)
+
     def on_relay_closed(self, step: SendRequest) -> None:
         """The live relay closed the connection instead of replying to `step`."""
         if step.recorded_reply is not None:
@@ -133,17 +149,17 @@ class Replayer:
 
     def _on_version(self, step: SendRequest, live_reply: bytes) -> None:
         try:
-            peer = Version.decode(step.request.payload)
+            sent = Version.decode(self._version_sent(step).payload)
             relay = Version.decode(live_reply)
         except ProtocolError as error:
             raise ReplayError(f"bad VERSION exchange on control connection "
                               f"{step.connection}: {error}") from None
-        live_minor = min(peer.minor, relay.minor)
+        live_minor = min(sent.minor, relay.minor)
         self._minor[step.connection] = live_minor
         if step.recorded_reply is None:
             return
         recorded = Version.decode(step.recorded_reply)
-        recorded_minor = min(peer.minor, recorded.minor)
+        recorded_minor = min(Version.decode(step.request.payload).minor, recorded.minor)
         if relay.major != recorded.major:
             raise ReplayError(
                 f"relay speaks protocol {relay.major}.{relay.minor}, "

@@ -5,6 +5,11 @@ reply) from global counters, so a replay into a relay that already served other 
 different ids. `IdMap` learns each pair from the recorded and the live reply; requests and
 data headers are then patched in place (every other byte is kept as recorded). Ids never
 learned are left as recorded.
+
+The recorded requests are encoded for the protocol minor negotiated when recording, so
+`rewrite_version` makes the peer announce that minor: a relay newer than the recorded one
+(e.g. a 2.15 relay replaying a 2.15 peer recorded against a 2.13 relay) then negotiates it
+too instead of a minor whose layouts differ (CREATE_SESSION from 2.15 on).
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import dataclasses
 import struct
 from collections.abc import Callable
 
-from pyrelayd.capture.framing import ControlRequest
+from pyrelayd.capture.framing import ControlRequest, negotiated_minor
 from pyrelayd.protocol.relayd import (
     Command,
     DataHeader,
     ProtocolError,
     ReturnCode,
     RotateStreams,
+    Version,
     decode_status_reply,
 )
 
@@ -109,6 +115,18 @@ def rewrite_request(request: ControlRequest, ids: IdMap) -> ControlRequest:
     if payload is request.payload:
         return request
     return ControlRequest(request.header, payload)
+
+
+def rewrite_version(request: ControlRequest, recorded_reply: bytes | None) -> ControlRequest:
+    """A VERSION request announcing the minor negotiated when recording (other bytes kept)."""
+    if request.command != Command.VERSION or recorded_reply is None:
+        return request
+    minor = negotiated_minor(request, recorded_reply)
+    if minor is None or minor == Version.decode(request.payload).minor:
+        return request
+    payload = bytearray(request.payload)
+    struct.pack_into(">I", payload, 4, minor)
+    return ControlRequest(request.header, bytes(payload))
 
 
 def rewrite_data_header(header: DataHeader, ids: IdMap) -> DataHeader:

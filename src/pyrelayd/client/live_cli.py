@@ -1,8 +1,10 @@
 """`pyrelayd-live`: list or follow the live sessions of a relay daemon (C or Python).
 
     pyrelayd-live net://RELAY[:PORT]
-        One line per session, exactly as `babeltrace2 -i lttng-live net://RELAY[:PORT]`:
-        `URL/host/HOSTNAME/SESSION (timer = US, N stream(s), M client(s) connected)`.
+        One line per session, exactly as babeltrace2 2.1 `-i lttng-live net://RELAY[:PORT]`:
+        `URL/host/HOSTNAME/SESSION (timer = US, N stream(s), M client(s) connected, FORMAT)`
+        where FORMAT is `CTF 1.8` or `CTF 2` (babeltrace2 2.0 prints no format). A relay that
+        speaks a protocol older than 2.15 does not say: its sessions are CTF 1.8.
 
     pyrelayd-live net://RELAY[:PORT]/host/HOSTNAME/SESSION [--seek last|beginning]
         Attach to every relay session of that name and host (one per consumer daemon) and
@@ -12,7 +14,12 @@
         Decode events instead, with the `bt2` Python bindings: a graph made of babeltrace2's
         own `source.ctf.lttng-live` component and a small Python sink printing one line per
         event (`TIMESTAMP_NS EVENT_NAME {fields as JSON}`). That source is a viewer of its
-        own (it always attaches at the last packet, so `--seek beginning` is refused).
+        own (it always attaches at the last packet and announces its own protocol minor, so
+        `--seek beginning` and `--minor` are refused).
+
+    pyrelayd-live ... --minor 4
+        Announce another viewer protocol minor than 15 (babeltrace2 2.1's): 4 speaks as
+        babeltrace2 2.0, to which a 2.15+ relay hides CTF 2 sessions.
 
 Errors print one line on stderr and exit with status 1.
 """
@@ -38,18 +45,27 @@ from pyrelayd.client.viewer import (
     LiveUrlError,
     Packet,
     Seek,
+    SessionInfo,
     StreamEnd,
+    TraceFormat,
     merge_sessions,
     parse_live_url,
     session_url,
 )
-from pyrelayd.protocol.viewer import ProtocolError
+from pyrelayd.protocol.viewer import VIEWER_VERSION_MINOR, ProtocolError
 
 PROGRAM = "pyrelayd-live"
 
 
 class CliError(Exception):
     """A failure reported as one line on stderr, exit status 1."""
+
+
+def _minor(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 0xFFFF_FFFF:
+        raise ValueError(text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-delay", type=float, default=DEFAULT_RETRY_DELAY, metavar="SECONDS",
         help="pause when the relay had nothing new (default: %(default)s)",
     )
+    parser.add_argument(
+        "--minor", type=_minor, default=None, metavar="N",
+        help=f"viewer protocol minor to announce (default: {VIEWER_VERSION_MINOR}, as "
+             "babeltrace2 2.1; 4 speaks as babeltrace2 2.0, from which a 2.15+ relay hides "
+             "CTF 2 sessions)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    minor = VIEWER_VERSION_MINOR if args.minor is None else args.minor
     try:
         url = parse_live_url(args.url)
         if args.events:
@@ -100,13 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.seek != "last":
                 raise CliError("--events reads with babeltrace2, which always seeks to the "
                                "last packet: drop --seek")
+            if args.minor is not None:
+                raise CliError("--events reads with babeltrace2, which announces its own "
+                               "protocol minor: drop --minor")
             follow_events(args.url, wait=args.wait, retry_delay=args.retry_delay)
         elif url.is_listing:
-            asyncio.run(list_sessions(args.url, url, timeout=args.timeout))
+            asyncio.run(list_sessions(args.url, url, timeout=args.timeout, minor=minor))
         else:
             seek = Seek.BEGINNING if args.seek == "beginning" else Seek.LAST
             asyncio.run(follow_packets(url, seek, wait=args.wait, retry_delay=args.retry_delay,
-                                       inactivity=args.inactivity, timeout=args.timeout))
+                                       inactivity=args.inactivity, timeout=args.timeout,
+                                       minor=minor))
     except (CliError, LiveUrlError, LiveClientError, ProtocolError) as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 1
@@ -120,20 +147,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- listing
 
 
+#: How babeltrace2 2.1 names the trace formats in its listing.
+TRACE_FORMAT_NAMES = {TraceFormat.CTF_1_8: "CTF 1.8", TraceFormat.CTF_2: "CTF 2"}
+
+
 async def list_sessions(
-    text: str, url: LiveUrl, out: TextIO | None = None, *, timeout: float | None = None
+    text: str,
+    url: LiveUrl,
+    out: TextIO | None = None,
+    *,
+    timeout: float | None = None,
+    minor: int = VIEWER_VERSION_MINOR,
 ) -> None:
     """babeltrace2's listing: entries merged by (hostname, name), URL prefix as given."""
     out = out or sys.stdout
-    async with LiveClient(url.relay_host, url.port, request_timeout=timeout) as client:
+    async with LiveClient(url.relay_host, url.port, minor=minor,
+                          request_timeout=timeout) as client:
         sessions = merge_sessions(await client.list_sessions())
     for session in sessions:
-        out.write(
-            f"{session_url(text, session.hostname, session.session_name)} "
-            f"(timer = {session.live_timer}, {session.streams} stream(s), "
-            f"{session.clients} client(s) connected)\n"
-        )
+        out.write(format_session(text, session) + "\n")
     out.flush()
+
+
+def format_session(base: str, session: SessionInfo) -> str:
+    """One listing line, as babeltrace2 2.1 prints it."""
+    return (
+        f"{session_url(base, session.hostname, session.session_name)} "
+        f"(timer = {session.live_timer}, {session.streams} stream(s), "
+        f"{session.clients} client(s) connected, {TRACE_FORMAT_NAMES[session.trace_format]})"
+    )
 
 
 # --------------------------------------------------------------------------- packets
@@ -147,11 +189,13 @@ async def follow_packets(
     retry_delay: float = DEFAULT_RETRY_DELAY,
     inactivity: bool = True,
     timeout: float | None = None,
+    minor: int = VIEWER_VERSION_MINOR,
     out: TextIO | None = None,
 ) -> None:
     out = out or sys.stdout
     assert url.target_hostname is not None and url.session_name is not None
-    async with LiveClient(url.relay_host, url.port, request_timeout=timeout) as client:
+    async with LiveClient(url.relay_host, url.port, minor=minor,
+                          request_timeout=timeout) as client:
         while True:
             # Like babeltrace2: a fresh viewer session, then the relay sessions to attach.
             await client.create_session()

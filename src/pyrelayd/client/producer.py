@@ -1,7 +1,9 @@
 """The consumer-daemon side of the relayd protocol: a producer of sessions, streams and packets.
 
 Used by benchmarks (a synthetic producer as fast as the relay accepts) and by tests that need
-exact control over what a relay receives. It speaks the same bytes as lttng-consumerd 2.13.
+exact control over what a relay receives. It speaks the same bytes as lttng-consumerd 2.15
+by default; `minor` picks the protocol minor it announces (e.g. 13 for a 2.13 consumerd, 4
+for a 2.4 one), and each session's trace format is chosen at `create_session`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 import uuid as uuid_module
 
 from pyrelayd.protocol import relayd as wire
-from pyrelayd.protocol.relayd import Command, ReturnCode
+from pyrelayd.protocol.relayd import Command, ReturnCode, TraceFormat
 
 UINT64_MAX = wire.UINT64_MAX
 
@@ -37,13 +39,20 @@ class ProducerStream:
 
 
 class RelaydProducer:
-    """One control + data connection pair, as a consumer daemon holds per session."""
+    """One control + data connection pair, as a consumer daemon holds per session.
 
-    def __init__(self, host: str, control_port: int, data_port: int, minor: int = 13) -> None:
+    `minor` is the protocol minor announced in VERSION; after `connect` it is the negotiated
+    one (the lower of it and the relay's), which selects every layout, and `relay_minor` is
+    what the relay announced.
+    """
+
+    def __init__(self, host: str, control_port: int, data_port: int,
+                 minor: int = wire.RELAYD_VERSION_MINOR) -> None:
         self.host = host
         self.control_port = control_port
         self.data_port = data_port
         self.minor = minor
+        self.relay_minor: int | None = None
         self.session_id = 0
         self.output_path = ""
         self._control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -59,6 +68,7 @@ class RelaydProducer:
         major, relay_minor = struct.unpack(">II", reply)
         if major != 2:
             raise ProducerError(f"relay speaks {major}.{relay_minor}")
+        self.relay_minor = relay_minor
         self.minor = min(self.minor, relay_minor)
 
     async def close(self) -> None:
@@ -101,7 +111,19 @@ class RelaydProducer:
         sessiond_uuid: bytes | None = None,
         sessiond_session_id: int = 1,
         creation_time: int | None = None,
+        trace_format: TraceFormat = TraceFormat.CTF_1_8,
     ) -> int:
+        """CREATE_SESSION; the relay session id.
+
+        The trace format is sent from protocol 2.15 on. Like a 2.15+ session daemon, this
+        refuses a CTF 2 session over an older protocol (lttng reports error 172,
+        "Trace format is not supported") instead of creating it as CTF 1.8.
+        """
+        if trace_format is not TraceFormat.CTF_1_8 and self.minor < 15:
+            raise ProducerError(
+                f"trace format {trace_format.label} needs protocol 2.15, "
+                f"this connection uses 2.{self.minor}"
+            )
         request = wire.CreateSession(
             session_name=name,
             hostname=hostname,
@@ -111,6 +133,7 @@ class RelaydProducer:
             sessiond_uuid=sessiond_uuid or uuid_module.uuid4().bytes,
             sessiond_session_id=sessiond_session_id,
             creation_time=creation_time if creation_time is not None else int(time.time()),
+            trace_format=trace_format,
         )
         if self.minor >= 11:
             await self.request(Command.CREATE_SESSION, request.encode(self.minor), None)

@@ -3,7 +3,10 @@
 Two levels:
 
 * `LiveClient`: one method per viewer command, strictly request/response on one TCP
-  connection, built on the sans-IO codec `pyrelayd.protocol.viewer`. Commands whose non-OK
+  connection, built on the sans-IO codec `pyrelayd.protocol.viewer`. It announces protocol
+  2.15 by default, like babeltrace2 2.1: listed sessions then carry their trace format, and a
+  2.15+ relay shows and attaches CTF 2 sessions (`minor=4` speaks as babeltrace2 2.0, to which
+  such a relay hides them). Commands whose non-OK
   statuses are failures (CREATE_SESSION, ATTACH_SESSION, DETACH_SESSION) raise `StatusError`;
   the others return the decoded reply, whose status drives the caller (RETRY, HUP, ...).
 * `LiveClient.follow(...)`: reads whole sessions the way babeltrace2 does and yields
@@ -21,12 +24,12 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Protocol, Self, TypeVar
 
 from pyrelayd.protocol.viewer import (
-    BABELTRACE_VERSION_MINOR,
     DEFAULT_LIVE_PORT,
     HOST_NAME_MAX,
     NAME_MAX,
     PACKET_PIECE_SIZE,
     VERSION_MAJOR,
+    VIEWER_VERSION_MINOR,
     AttachSession,
     AttachSessionReply,
     AttachStatus,
@@ -57,6 +60,7 @@ from pyrelayd.protocol.viewer import (
     SessionInfo,
     SessionList,
     StreamInfo,
+    TraceFormat,
     ViewerFlag,
     encode_request,
     negotiated_minor,
@@ -79,6 +83,7 @@ __all__ = [
     "StatusError",
     "StreamEnd",
     "StreamInfo",
+    "TraceFormat",
     "merge_sessions",
     "parse_live_url",
     "session_url",
@@ -232,6 +237,8 @@ class LiveClient:
     Use `async with LiveClient(host, port) as client:` (connects and closes), or call
     `connect()` and `close()`. Requests are serialised; a request interrupted half-way
     (cancellation, timeout, error) aborts the connection, which cannot be resynchronised.
+    `minor` is the protocol minor announced at CONNECT; the smaller of it and the relay's
+    is used afterwards (`self.minor`).
     """
 
     def __init__(
@@ -239,7 +246,7 @@ class LiveClient:
         host: str,
         port: int = DEFAULT_LIVE_PORT,
         *,
-        minor: int = BABELTRACE_VERSION_MINOR,
+        minor: int = VIEWER_VERSION_MINOR,
         connect_timeout: float | None = 10.0,
         request_timeout: float | None = None,
     ) -> None:
@@ -336,7 +343,11 @@ class LiveClient:
     # ------------------------------------------------------------------ commands
 
     async def list_sessions(self) -> list[SessionInfo]:
-        """Every relay session the relay lists (one per consumer daemon; not merged)."""
+        """Every relay session the relay lists (one per consumer daemon; not merged).
+
+        With a negotiated minor below 15 the relay does not say the trace format: the
+        sessions are CTF 1.8 (what such relays record; newer ones hide CTF 2 sessions then).
+        """
         reply = await self._request(ListSessions(), SessionList)
         return list(reply.sessions)
 

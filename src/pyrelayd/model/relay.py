@@ -125,7 +125,7 @@ class Relay:
                    tracefile_size: int, tracefile_count: int) -> RelayStream:
         """A new stream; its (empty) data file exists when this returns."""
         channel_name = paths.check_component(channel_name, "channel name")
-        path_name = paths.check_relative_path(path_name, "stream path")
+        raw_path, path_name = path_name, paths.check_relative_path(path_name, "stream path")
         if self.settings.group_output_by is GroupOutputBy.SESSION and 4 <= session.minor < 11:
             path_name = paths.check_relative_path(
                 paths.regroup_by_session(path_name, session.name, session.info.creation_time),
@@ -134,6 +134,11 @@ class Relay:
         if session.current_chunk is None:
             handle = self.next_stream_handle()
             raise RelayError(f"{session} has no current trace chunk", handle)
+        if raw_path.startswith("//"):
+            # lttng-relayd drops one leading '/' (pre-2.11 peers) and its trace chunk then
+            # refuses the still absolute path, after the handle was taken.
+            handle = self.next_stream_handle()
+            raise RelayError(f"stream path {raw_path!r} is absolute", handle)
         trace = session.trace_for(path_name)
         handle = self.next_stream_handle()
         try:
@@ -171,6 +176,11 @@ class Relay:
             new_path = paths.TMP_NEW_CHUNK
         chunk = TraceChunk(chunk_id, creation_time, new_path, session.directory, override_name,
                            pool=self.fd_pool)
+        if chunk.path:
+            # Made now, as lttng-relayd does, not with the first stream file: a chunk in which
+            # nothing was recorded (e.g. per-pid buffers and no application yet) must still be
+            # archived as a directory of its own when it closes.
+            files.make_directories(chunk.directory)
         published = self.chunks.publish(session.registry_key, chunk)
         chunk.put()
         if session.pending_closure_chunk is not None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pyrelayd.model.chunk import RegistryKey, TraceChunk
 from pyrelayd.model.trace import CtfTrace
+from pyrelayd.protocol.relayd import TraceFormat
 
 if TYPE_CHECKING:
     from pyrelayd.model.relay import Relay
@@ -34,6 +35,7 @@ class SessionInfo:
     name_contains_creation_time: bool
     major: int
     minor: int
+    trace_format: TraceFormat = TraceFormat.CTF_1_8
 
 
 class RelaySession:
@@ -75,6 +77,10 @@ class RelaySession:
     @property
     def minor(self) -> int:
         return self.info.minor
+
+    @property
+    def trace_format(self) -> TraceFormat:
+        return self.info.trace_format
 
     @property
     def live_timer(self) -> int:

@@ -233,7 +233,9 @@ class RelayStream:
     def add_index(self, info: SendIndex) -> None:
         if info.is_beacon:
             # A live beacon: the stream is idle up to timestamp_end. Never written to disk.
-            if self.index_received_seqcount > 0 and not self.pending_indexes:
+            # Taken even before the first index (lttng-relayd 2.15+): a stream that never had
+            # a packet is then INACTIVE, with the beacon's stream id, rather than RETRY forever.
+            if not self.pending_indexes:
                 self.beacon_ts_end = info.timestamp_end
             if self.ctf_stream_id == UINT64_MAX:
                 self.ctf_stream_id = info.stream_id

@@ -5,9 +5,10 @@ stream can rotate, wrap or close underneath it. It holds the relay stream object
 trace and session) for as long as it still has something to read; it never holds a trace
 chunk's reference, so a slow viewer can never delay a rotation, a clear or an archive.
 
-The decisions follow lttng-relayd 2.14+/2.15 (short-lived applications are not lost, a viewer
-drains the last chunk before HUP, new streams are flagged on every reply), with the protocol
-quirks of upstream left out (see docs/architecture.md).
+The decisions follow lttng-relayd 2.14-2.16 (short-lived applications are not lost, a viewer
+drains the last chunk before HUP, new streams are flagged on every reply, a viewer only reads
+the sessions it attached, CTF 2 sessions are kept from viewers older than protocol 2.15), with
+the protocol quirks of upstream left out (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING
 
 from pyrelayd.model.chunk import TraceChunk
 from pyrelayd.protocol.index import HEADER, IndexFormatError, IndexHeader, PacketIndex
+from pyrelayd.protocol.relayd import TraceFormat
 from pyrelayd.protocol.viewer import (
+    TRACE_FORMAT_MINOR,
     AttachStatus,
     DetachStatus,
     IndexStatus,
@@ -42,6 +45,20 @@ log = logging.getLogger(__name__)
 
 UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 NO_FLAGS = ViewerFlag(0)
+
+
+def viewer_may_read(session: RelaySession, viewer_minor: int) -> bool:
+    """Whether a viewer that negotiated this protocol minor may list and attach the session.
+
+    Before 2.15 a viewer is never told a session's trace format and would decode CTF 2 as
+    CTF 1.8, so CTF 2 sessions are hidden from it (and refused at attach).
+    """
+    return viewer_minor >= TRACE_FORMAT_MINOR or session.trace_format == TraceFormat.CTF_1_8
+
+
+def listed_sessions(relay: Relay, viewer_minor: int) -> list[RelaySession]:
+    """What LIST_SESSIONS shows a viewer: sessions still receiving data that it may read."""
+    return [session for session in relay.live_sessions() if viewer_may_read(session, viewer_minor)]
 
 
 def chunk_ids_equal(a: TraceChunk | None, b: TraceChunk | None) -> bool:
@@ -201,12 +218,16 @@ class ViewerSession:
 
     # ----------------------------------------------------------------- attach / detach
 
-    def attach(self, session_id: int, seek: int) -> tuple[AttachStatus, list[ViewerStream]]:
+    def attach(self, session_id: int, seek: int,
+               viewer_minor: int) -> tuple[AttachStatus, list[ViewerStream]]:
+        """Attach a relay session for a viewer that negotiated `viewer_minor`."""
         session = self.relay.sessions.get(session_id)
         if session is None or session.released:
             return AttachStatus.UNK, []
         if not session.live_timer:
             return AttachStatus.NOT_LIVE, []
+        if not viewer_may_read(session, viewer_minor):
+            return AttachStatus.UNK, []  # as lttng-relayd: the viewer cannot know it exists
         if seek not in (Seek.BEGINNING, Seek.LAST):
             return AttachStatus.SEEK_ERR, []
         if self in session.viewers:
@@ -363,7 +384,7 @@ class ViewerSession:
         stream = viewer_stream.stream
         session = stream.session
         if stream.is_metadata:
-            return NextIndex(IndexStatus.HUP)
+            return NextIndex(IndexStatus.HUP, self._flags(viewer_stream, False))
         new_streams = any(s.new_streams for s in self.sessions)
 
         def reply(status: IndexStatus, index: PacketIndex | None = None) -> NextIndex:
@@ -430,8 +451,12 @@ class ViewerSession:
                 log.warning("%s: data file unreadable: %s", viewer_stream, error)
                 return reply(IndexStatus.ERR)
         assert viewer_stream.index_fd is not None
-        raw = os.pread(viewer_stream.index_fd, viewer_stream.index_record_size,
-                       viewer_stream.index_position)
+        try:
+            raw = os.pread(viewer_stream.index_fd, viewer_stream.index_record_size,
+                           viewer_stream.index_position)
+        except OSError as error:
+            log.warning("%s: index file unreadable: %s", viewer_stream, error)
+            return reply(IndexStatus.ERR)
         if len(raw) < viewer_stream.index_record_size:
             return reply(IndexStatus.ERR)
         viewer_stream.index_position += len(raw)
@@ -468,7 +493,7 @@ class ViewerSession:
             return MetadataStatus.NO_NEW_METADATA, b""
         if stream.chunk is not None and not chunk_ids_equal(self.chunk, stream.chunk):
             self.chunk = stream.chunk
-        if not chunk_ids_equal(self.chunk, viewer_stream.chunk):
+        if self.chunk is not None and not chunk_ids_equal(self.chunk, viewer_stream.chunk):
             viewer_stream.chunk = self.chunk
             viewer_stream.close_files()
         length = stream.metadata_received - viewer_stream.metadata_sent
@@ -488,7 +513,11 @@ class ViewerSession:
                 return MetadataStatus.ERR, b""
             # A new chunk's metadata file repeats what was sent: resume after it.
             viewer_stream.metadata_position = viewer_stream.metadata_sent
-        data = os.pread(viewer_stream.data_fd, length, viewer_stream.metadata_position)
+        try:
+            data = os.pread(viewer_stream.data_fd, length, viewer_stream.metadata_position)
+        except OSError as error:
+            log.warning("%s: metadata file unreadable: %s", viewer_stream, error)
+            return MetadataStatus.ERR, b""
         if len(data) < length:
             # A clear raced with us: the file restarted. Say "nothing new" (never OK with 0
             # bytes, which babeltrace 2.0 treats as fatal) and read it again next time.

@@ -3,7 +3,8 @@
 Every request is a frozen dataclass with `decode(payload, minor)` and `encode(minor)`;
 replies are built by the `*_reply` functions. Nothing here touches a socket or a file:
 the server feeds bytes in and writes the bytes it gets back. All integers are big-endian.
-The byte layouts are documented in docs/protocol.md (from lttng-tools 2.13.9 relayd.h).
+The byte layouts are documented in docs/protocol.md (from lttng-tools 2.13.9 relayd.h) and,
+for what 2.15 changed (CREATE_SESSION's trace format), in shared/protocol/protocol-2.15.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import struct
 from typing import ClassVar, Self
 
 RELAYD_VERSION_MAJOR = 2
-RELAYD_VERSION_MINOR = 13
+# What the relay announces in its VERSION reply: 15, as lttng-relayd 2.15 and 2.16 do. A 2.15+
+# session daemon refuses CTF 2 sessions on a relay announcing less.
+RELAYD_VERSION_MINOR = 15
 
 CONTROL_HEADER = struct.Struct(">QQII")  # circuit_id, data_size, cmd, cmd_version
 DATA_HEADER = struct.Struct(">QQQII")  # circuit_id, stream_id, net_seq_num, data_size, padding
@@ -72,6 +75,21 @@ class ReturnCode(enum.IntEnum):
     FILE_CREATION_ERROR = 153
 
 
+class TraceFormat(enum.IntEnum):
+    """A session's trace format, with lttng's public values (`lttng_trace_format`).
+
+    Sent by 2.15+ peers in CREATE_SESSION (protocol minor >= 15); sessions of older peers are
+    CTF 1.8. The relay never looks inside the trace: the format only matters to live viewers.
+    """
+
+    CTF_1_8 = 1
+    CTF_2 = 2
+
+    @property
+    def label(self) -> str:
+        return "ctf-1.8" if self is TraceFormat.CTF_1_8 else "ctf-2"
+
+
 class CloseCommand(enum.IntEnum):
     MOVE_TO_COMPLETED = 0
     NO_OPERATION = 1
@@ -82,7 +100,11 @@ CONFIGURATION_FLAG_CLEAR_ALLOWED = 1
 
 
 class ProtocolError(Exception):
-    """A request that cannot be decoded; the connection is closed after `reply` (if any)."""
+    """A request that cannot be decoded; the connection is closed after `reply` (if any).
+
+    Handlers may answer it otherwise: a CREATE_SESSION that cannot be decoded gets the FATAL
+    reply and the connection stays open, as in lttng-relayd.
+    """
 
     def __init__(self, message: str, reply: bytes | None = None) -> None:
         super().__init__(message)
@@ -208,11 +230,17 @@ class GetConfiguration(_FixedRequest):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CreateSession:
-    """CREATE_SESSION in its three shapes: empty (< 2.4), 2.4 and 2.11 (minor >= 11)."""
+    """CREATE_SESSION in its four shapes: empty (< 2.4), 2.4, 2.11 and 2.15 (minor >= 15).
+
+    The 2.15 shape is the 2.11 fixed part, then the trace format (u32 at offset 59), then the
+    names. Older shapes carry no trace format: their sessions are CTF 1.8, and encoding one
+    for a minor < 15 leaves `trace_format` out.
+    """
 
     COMMAND: ClassVar[Command] = Command.CREATE_SESSION
     FORMAT_2_4: ClassVar[struct.Struct] = struct.Struct(f">{NAME_MAX_2_4}s{HOST_NAME_MAX_2_4}sII")
     FORMAT_2_11: ClassVar[struct.Struct] = struct.Struct(">IIIIBB16sQQBQ")
+    FORMAT_2_15: ClassVar[struct.Struct] = struct.Struct(">IIIIBB16sQQBQI")
     session_name: str = ""
     hostname: str = ""
     base_path: str = ""
@@ -223,6 +251,7 @@ class CreateSession:
     sessiond_session_id: int = 0
     creation_time: int | None = None
     current_chunk_id: int | None = None
+    trace_format: TraceFormat = TraceFormat.CTF_1_8
 
     @classmethod
     def decode(cls, payload: bytes, minor: int) -> Self:
@@ -237,17 +266,29 @@ class CreateSession:
                 live_timer=live_timer,
                 snapshot=bool(snapshot),
             )
-        fixed = cls.FORMAT_2_11.size
-        _need(payload, fixed, "CREATE_SESSION 2.11")
+        trace_format = TraceFormat.CTF_1_8
+        if minor < 15:
+            fixed = cls.FORMAT_2_11.size
+            _need(payload, fixed, "CREATE_SESSION 2.11")
+            fields = cls.FORMAT_2_11.unpack_from(payload)
+        else:
+            fixed = cls.FORMAT_2_15.size
+            _need(payload, fixed, "CREATE_SESSION 2.15")
+            values = cls.FORMAT_2_15.unpack_from(payload)
+            fields, raw_format = values[:-1], values[-1]
+            try:
+                trace_format = TraceFormat(raw_format)
+            except ValueError:
+                raise ProtocolError(f"unknown trace format {raw_format}") from None
         (name_len, host_len, base_len, live_timer, snapshot, name_has_time, uuid,
-         session_id, creation_time, chunk_is_set, chunk_id) = cls.FORMAT_2_11.unpack_from(payload)
+         session_id, creation_time, chunk_is_set, chunk_id) = fields
         if not 0 < name_len <= NAME_MAX:
             raise ProtocolError(f"session name length {name_len} out of range")
         if host_len > HOST_NAME_MAX:
             raise ProtocolError(f"hostname length {host_len} out of range")
         if base_len > PATH_MAX:
             raise ProtocolError(f"base path length {base_len} out of range")
-        _need(payload, fixed + name_len + host_len + base_len, "CREATE_SESSION 2.11")
+        _need(payload, fixed + name_len + host_len + base_len, "CREATE_SESSION names")
         offset = fixed
         name = _c_string(payload[offset : offset + name_len], "session name")
         offset += name_len
@@ -265,6 +306,7 @@ class CreateSession:
             sessiond_session_id=session_id,
             creation_time=creation_time,
             current_chunk_id=chunk_id if chunk_is_set else None,
+            trace_format=trace_format,
         )
 
     def encode(self, minor: int) -> bytes:
@@ -278,12 +320,17 @@ class CreateSession:
                 int(self.snapshot),
             )
         names = [_pack_c(self.session_name), _pack_c(self.hostname), _pack_c(self.base_path)]
-        return self.FORMAT_2_11.pack(
+        fields = (
             len(names[0]), len(names[1]), len(names[2]), self.live_timer, int(self.snapshot),
             int(self.session_name_contains_creation_time), self.sessiond_uuid,
             self.sessiond_session_id, self.creation_time or 0,
             int(self.current_chunk_id is not None), self.current_chunk_id or 0,
-        ) + b"".join(names)
+        )
+        if minor < 15:
+            fixed = self.FORMAT_2_11.pack(*fields)
+        else:
+            fixed = self.FORMAT_2_15.pack(*fields, self.trace_format)
+        return fixed + b"".join(names)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -567,7 +614,7 @@ REQUEST_TYPES: dict[Command, type] = {
 MAX_REQUEST_PAYLOAD: dict[Command, int] = {
     Command.VERSION: 8,
     Command.GET_CONFIGURATION: 8,
-    Command.CREATE_SESSION: CreateSession.FORMAT_2_11.size + NAME_MAX + HOST_NAME_MAX + PATH_MAX,
+    Command.CREATE_SESSION: CreateSession.FORMAT_2_15.size + NAME_MAX + HOST_NAME_MAX + PATH_MAX,
     Command.ADD_STREAM: max(AddStream.FORMAT_2_2.size,
                             AddStream.FORMAT_2_11.size + STREAM_NAME_LEN + NAME_MAX),
     Command.STREAMS_SENT: 0,

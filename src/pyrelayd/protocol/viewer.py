@@ -3,7 +3,8 @@
 Both directions are here: a relay decodes requests and encodes replies, a viewer encodes
 requests and decodes replies. Nothing touches a socket. The byte layouts, codes and semantics
 are those of the live-viewer protocol reference (live-viewer.md, written from lttng-tools
-2.13.9 `lttng-viewer-abi.h` and `live.c`); every integer is big-endian, every struct packed.
+2.13.9 `lttng-viewer-abi.h` and `live.c`) and of its 2.15 addendum (protocol-2.15.md sec. 4);
+every integer is big-endian, every struct packed.
 
 Conventions:
 
@@ -12,7 +13,8 @@ Conventions:
 * A reply class has `missing(buffer, minor)`, the number of bytes still needed before
   `decode(buffer, minor)` can succeed (0 when complete), so a reader loops
   `while (n := Reply.missing(buf)): buf += read(n)` without knowing the layout. `minor` is the
-  negotiated viewer protocol minor; only LIST_SESSIONS depends on it (>= 15: 2.15 entries).
+  negotiated viewer protocol minor; only LIST_SESSIONS depends on it (>= 15: 2.15 entries,
+  which carry each session's trace format; see `SessionInfo`).
 * Request fields the relay must judge itself (CONNECT major/type, ATTACH seek) stay plain
   integers; decoding never rejects them. Reply statuses decode to their IntEnum and an unknown
   value is a `ProtocolError` (viewers treat unknown statuses as fatal).
@@ -29,22 +31,33 @@ import struct
 from collections.abc import Mapping
 from typing import ClassVar, Self, TypeVar
 
+from pyrelayd.protocol import relayd
 from pyrelayd.protocol.relayd import ProtocolError as ProtocolError  # one error type for both
 from pyrelayd.protocol.relayd import ReturnCode
+from pyrelayd.protocol.relayd import TraceFormat as TraceFormat  # one trace format for both
 
 VERSION_MAJOR = 2
-#: The minor a relay announces in its CONNECT reply: its own (lttng-relayd 2.13 sends 13).
-RELAY_VERSION_MINOR = 13
-#: The minor babeltrace2 2.0.x sends; what `pyrelayd.client` sends by default.
+#: The minor a relay announces in its CONNECT reply: its own (lttng-relayd 2.13 sends 13,
+#: 2.14 sends 14, 2.15 and 2.16 send 15).
+RELAY_VERSION_MINOR = 15
+#: The minor babeltrace2 2.0.x sends (and the default of a bare `Connect` request).
 BABELTRACE_VERSION_MINOR = 4
-#: From this negotiated minor on, LIST_SESSIONS entries use the 2.15 variable-size layout.
-LIST_SESSIONS_2_15_MINOR = 15
+#: The minor `pyrelayd.client` announces by default, as babeltrace2 2.1 does.
+VIEWER_VERSION_MINOR = 15
+#: From this negotiated minor on, LIST_SESSIONS entries use the 2.15 layout, which carries each
+#: session's trace format. Below it a viewer cannot tell CTF 2 from CTF 1.8, so a relay hides
+#: CTF 2 sessions from it (and refuses to attach them).
+TRACE_FORMAT_MINOR = 15
 DEFAULT_LIVE_PORT = 5344
 
 # Field limits (LTTNG_VIEWER_PATH_MAX, _NAME_MAX, _HOST_NAME_MAX), unchanged since 2.4.
 PATH_MAX = 4096
 NAME_MAX = 255
 HOST_NAME_MAX = 64
+# 2.15 entries have no fixed fields: their names are a relay session's, whose limits (NUL
+# included) are LTTNG_NAME_MAX and LTTNG_HOST_NAME_MAX.
+SESSION_NAME_MAX_2_15 = relayd.NAME_MAX
+HOST_NAME_MAX_2_15 = relayd.HOST_NAME_MAX
 
 #: babeltrace2 reads a packet with GET_PACKET requests of at most this many bytes.
 PACKET_PIECE_SIZE = 256 * 1024
@@ -149,11 +162,21 @@ class DetachStatus(enum.IntEnum):
     ERR = 3
 
 
-class TraceFormat(enum.IntEnum):
-    """`lttng_live_trace_format` of 2.15 LIST_SESSIONS entries (not the public enum)."""
+class LiveTraceFormat(enum.IntEnum):
+    """`lttng_live_trace_format`, the wire value of a 2.15 LIST_SESSIONS entry's format.
+
+    Not lttng's public enum (`TraceFormat`, 1 and 2): the codec maps one to the other.
+    """
 
     CTF_1_8 = 0
     CTF_2 = 1
+
+
+_LIVE_TRACE_FORMAT = {
+    TraceFormat.CTF_1_8: LiveTraceFormat.CTF_1_8,
+    TraceFormat.CTF_2: LiveTraceFormat.CTF_2,
+}
+_TRACE_FORMAT = {live: public for public, live in _LIVE_TRACE_FORMAT.items()}
 
 
 def negotiated_minor(viewer_minor: int, relay_minor: int) -> int:
@@ -432,60 +455,82 @@ def encode_request(request: Request) -> bytes:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """One LIST_SESSIONS entry: a relay session (`lttng_viewer_session`).
+    """One LIST_SESSIONS entry: a relay session.
 
-    Up to minor 14 the 339-byte 2.4 layout with fixed string fields; from 15 the 2.15 layout
-    (32 fixed bytes, then the hostname and session name without terminators).
+    Up to minor 14 the 339-byte 2.4 layout (`lttng_viewer_session_2_4`) with fixed string
+    fields and no trace format: such relays only record CTF 1.8, so that is what decoding
+    says, and a CTF 2 session cannot be encoded. From minor 15 the 2.15 layout
+    (`lttng_viewer_session_2_15`): 32 fixed bytes ending with the string lengths and the trace
+    format (as `LiveTraceFormat`), then the hostname and session name without terminators.
     """
 
     FORMAT_2_4: ClassVar[struct.Struct] = struct.Struct(f">QIII{HOST_NAME_MAX}s{NAME_MAX}s")
+    # id, live_timer, clients, streams, hostname_len, session_name_len, trace_format
     FORMAT_2_15: ClassVar[struct.Struct] = struct.Struct(">QIIIIII")
     id: int
     live_timer: int  # µs; 0 for a session that is not live
-    clients: int  # 1 when a viewer is attached
+    clients: int  # viewers attached (lttng-relayd: 1 when one is)
     streams: int
     hostname: str
     session_name: str
-    trace_format: TraceFormat = TraceFormat.CTF_1_8  # only carried by 2.15 entries
+    trace_format: TraceFormat = TraceFormat.CTF_1_8
 
     @classmethod
     def missing(cls, buffer: bytes, minor: int) -> int:
         """Bytes still needed for the entry starting at the beginning of `buffer`."""
-        if minor < LIST_SESSIONS_2_15_MINOR:
-            return _fixed_missing(buffer, cls.FORMAT_2_4.size)
-        if len(buffer) < cls.FORMAT_2_15.size:
-            return cls.FORMAT_2_15.size - len(buffer)
-        host_len, name_len = cls._string_lengths(buffer)
-        return _fixed_missing(buffer, cls.FORMAT_2_15.size + host_len + name_len)
+        return max(cls.size_at(buffer, 0, minor) - len(buffer), 0)
 
     @classmethod
-    def _string_lengths(cls, buffer: bytes) -> tuple[int, int]:
-        *_, host_len, name_len, _format = cls.FORMAT_2_15.unpack_from(buffer)
-        if host_len >= HOST_NAME_MAX or name_len >= NAME_MAX:
-            raise ProtocolError(f"session entry string lengths {host_len}/{name_len} too long")
-        return host_len, name_len
+    def size_at(cls, buffer: bytes, offset: int, minor: int) -> int:
+        """The size of the entry at `offset`, or of its fixed part while that is incomplete.
+
+        The 2.15 fixed part is checked as soon as it is complete, before anything is read for
+        the strings: lengths a relay session cannot have and unknown trace formats are errors.
+        """
+        if minor < TRACE_FORMAT_MINOR:
+            return cls.FORMAT_2_4.size
+        fixed = cls.FORMAT_2_15.size
+        if len(buffer) - offset < fixed:
+            return fixed
+        host_length, name_length, _ = cls._check_fixed_2_15(buffer, offset)
+        return fixed + host_length + name_length
+
+    @classmethod
+    def _check_fixed_2_15(cls, buffer: bytes, offset: int) -> tuple[int, int, TraceFormat]:
+        *_, host_length, name_length, live_format = cls.FORMAT_2_15.unpack_from(buffer, offset)
+        if host_length >= HOST_NAME_MAX_2_15:
+            raise ProtocolError(f"session entry: hostname of {host_length} bytes, at most "
+                                f"{HOST_NAME_MAX_2_15 - 1}")
+        if name_length >= SESSION_NAME_MAX_2_15:
+            raise ProtocolError(f"session entry: session name of {name_length} bytes, at most "
+                                f"{SESSION_NAME_MAX_2_15 - 1}")
+        trace_format = _TRACE_FORMAT.get(live_format)
+        if trace_format is None:
+            raise ProtocolError(f"session entry: unknown trace format {live_format}")
+        return host_length, name_length, trace_format
 
     @classmethod
     def decode(cls, buffer: bytes, minor: int) -> Self:
-        if minor < LIST_SESSIONS_2_15_MINOR:
+        if minor < TRACE_FORMAT_MINOR:
             _exact(buffer, cls.FORMAT_2_4.size, "session entry")
             sid, timer, clients, streams, host, name = cls.FORMAT_2_4.unpack(buffer)
             return cls(sid, timer, clients, streams, _unpack_fixed(host, "hostname"),
                        _unpack_fixed(name, "session name"))
-        _exact(buffer[: cls.FORMAT_2_15.size], cls.FORMAT_2_15.size, "session entry")
-        host_len, name_len = cls._string_lengths(buffer)
-        _exact(buffer, cls.FORMAT_2_15.size + host_len + name_len, "session entry")
-        sid, timer, clients, streams, _, _, trace_format = cls.FORMAT_2_15.unpack_from(buffer)
-        host = buffer[cls.FORMAT_2_15.size : cls.FORMAT_2_15.size + host_len]
-        name = buffer[cls.FORMAT_2_15.size + host_len :]
+        fixed = cls.FORMAT_2_15.size
+        if len(buffer) < fixed:
+            raise ProtocolError(f"session entry: {len(buffer)} bytes, expected at least {fixed}")
+        host_length, name_length, trace_format = cls._check_fixed_2_15(buffer, 0)
+        _exact(buffer, fixed + host_length + name_length, "session entry")
+        sid, timer, clients, streams, *_ = cls.FORMAT_2_15.unpack_from(buffer)
+        host = buffer[fixed : fixed + host_length]
+        name = buffer[fixed + host_length :]
         if 0 in host or 0 in name:
             raise ProtocolError("session entry string contains a NUL byte")
         return cls(sid, timer, clients, streams, _decode_text(host, "hostname"),
-                   _decode_text(name, "session name"),
-                   _code(TraceFormat, trace_format, "trace format"))
+                   _decode_text(name, "session name"), trace_format)
 
     def encode(self, minor: int) -> bytes:
-        if minor < LIST_SESSIONS_2_15_MINOR:
+        if minor < TRACE_FORMAT_MINOR:
             if self.trace_format != TraceFormat.CTF_1_8:
                 raise ValueError("a CTF 2 session cannot be listed to a viewer of minor < 15")
             return self.FORMAT_2_4.pack(
@@ -493,12 +538,12 @@ class SessionInfo:
                 _pack_fixed(self.hostname, HOST_NAME_MAX, "hostname"),
                 _pack_fixed(self.session_name, NAME_MAX, "session name"),
             )
-        # Same limits as the fixed fields, so a name is listable in both layouts.
-        host = _pack_fixed(self.hostname, HOST_NAME_MAX, "hostname").rstrip(b"\0")
-        name = _pack_fixed(self.session_name, NAME_MAX, "session name").rstrip(b"\0")
+        # A relay session's own limits (strlen of its fields): what lttng-relayd can send.
+        host = _pack_fixed(self.hostname, HOST_NAME_MAX_2_15, "hostname").rstrip(b"\0")
+        name = _pack_fixed(self.session_name, SESSION_NAME_MAX_2_15, "session name").rstrip(b"\0")
         return self.FORMAT_2_15.pack(
             self.id, self.live_timer, self.clients, self.streams, len(host), len(name),
-            self.trace_format,
+            _LIVE_TRACE_FORMAT[self.trace_format],
         ) + host + name
 
 
@@ -549,7 +594,7 @@ class SessionList:
             return cls.HEADER.size - len(buffer), []
         (count,) = cls.HEADER.unpack_from(buffer)
         _check_count(count, "LIST_SESSIONS")
-        if minor < LIST_SESSIONS_2_15_MINOR:
+        if minor < TRACE_FORMAT_MINOR:
             size = SessionInfo.FORMAT_2_4.size
             need = _fixed_missing(buffer, cls.HEADER.size + count * size)
             starts = range(cls.HEADER.size, cls.HEADER.size + count * size, size)
@@ -557,12 +602,11 @@ class SessionList:
         spans: list[tuple[int, int]] = []
         start = cls.HEADER.size
         for _ in range(count):
-            need = SessionInfo.missing(buffer[start:], minor)
-            if need:
-                return need, spans
-            size = SessionInfo.FORMAT_2_15.size + sum(SessionInfo._string_lengths(buffer[start:]))
-            spans.append((start, start + size))
-            start += size
+            end = start + SessionInfo.size_at(buffer, start, minor)
+            if end > len(buffer):
+                return end - len(buffer), spans
+            spans.append((start, end))
+            start = end
         return 0, spans
 
     @classmethod

@@ -164,6 +164,8 @@ class ControlHandler:
             name_contains_creation_time=request.session_name_contains_creation_time,
             major=self.major,
             minor=self.minor,
+            # Only the 2.15 shape carries a format; sessions of older peers are CTF 1.8.
+            trace_format=request.trace_format,
         )
         try:
             session = self.relay.create_session(info, request.current_chunk_id)
@@ -171,6 +173,9 @@ class ControlHandler:
             log.warning("%s: CREATE_SESSION refused: %s", self.name, error)
             return fatal
         self.session = session
+        log.info("%s: session %d (%s/%s) uses protocol 2.%d, trace format %s", self.name,
+                 session.id, session.hostname, session.name, self.minor,
+                 session.trace_format.label)
         return Outcome(self._create_session_reply(session.id, ReturnCode.OK, session.output_path))
 
     # ----------------------------------------------------------------- session commands

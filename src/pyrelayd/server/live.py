@@ -19,7 +19,7 @@ import os
 import socket
 
 from pyrelayd.model.relay import Relay
-from pyrelayd.model.viewer import PacketRange, ViewerSession, ViewerStream
+from pyrelayd.model.viewer import PacketRange, ViewerSession, ViewerStream, listed_sessions
 from pyrelayd.protocol import viewer as wire
 from pyrelayd.protocol.viewer import Command
 from pyrelayd.server.listener import Acceptor
@@ -65,7 +65,7 @@ class LiveConnection:
         self.reading = False
         self.writing = False
         self.connected = False
-        self.minor = 0
+        self.minor = 0  # negotiated at CONNECT: selects the LIST_SESSIONS layout, CTF 2 access
         self.viewer: ViewerSession | None = None
         sock.setblocking(False)
         # Replies are small and latency matters: no Nagle delay (GET_PACKET corks explicitly).
@@ -232,7 +232,7 @@ class LiveConnection:
         if request.connection_type not in (wire.ConnectionType.COMMAND,
                                            wire.ConnectionType.NOTIFICATION):
             raise ViewerGone(f"viewer connection type {request.connection_type}")
-        self.minor = min(request.minor, wire.RELAY_VERSION_MINOR)
+        self.minor = wire.negotiated_minor(request.minor, wire.RELAY_VERSION_MINOR)
         viewer_id = (self.relay.next_viewer_id()
                      if request.connection_type == wire.ConnectionType.COMMAND else 0)
         return wire.Connect(viewer_id, wire.VERSION_MAJOR, wire.RELAY_VERSION_MINOR, 0).encode()
@@ -240,10 +240,16 @@ class LiveConnection:
     def _list_sessions(self) -> bytes:
         sessions = tuple(
             wire.SessionInfo(session.id, session.live_timer, len(session.viewers),
-                             len(session.streams), session.hostname, session.name)
-            for session in self.relay.live_sessions()
+                             len(session.streams), session.hostname, session.name,
+                             session.trace_format)
+            for session in listed_sessions(self.relay, self.minor)
         )
-        return wire.SessionList(sessions).encode(self.minor)
+        try:
+            return wire.SessionList(sessions).encode(self.minor)
+        except ValueError as error:
+            # A hostname of 64 bytes or more has no place in the 2.4 layout: as lttng-relayd,
+            # close the connection without a reply.
+            raise ViewerGone(f"LIST_SESSIONS: {error}") from None
 
     def _create_session(self) -> bytes:
         if self.viewer is not None:
@@ -255,7 +261,7 @@ class LiveConnection:
         if self.viewer is None:
             reply = wire.AttachSessionReply(wire.AttachStatus.NO_SESSION)
         else:
-            status, streams = self.viewer.attach(request.session_id, request.seek)
+            status, streams = self.viewer.attach(request.session_id, request.seek, self.minor)
             reply = wire.AttachSessionReply(status,
                                             tuple(_stream_info(vs) for vs in streams))
             log.info("%s: attach session %d: %s, %d streams", self.name, request.session_id,

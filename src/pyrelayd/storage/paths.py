@@ -60,6 +60,17 @@ def check_relative_path(path: str, what: str, *, allow_empty: bool = False) -> s
     return normal
 
 
+def check_base_path(path: str) -> str:
+    """A session base path (CREATE_SESSION, 2.11+): relative, may be empty.
+
+    Unlike stream paths, an absolute base path is refused rather than made relative:
+    lttng-relayd 2.16 refuses it too (peers send the URL's subdirectory without its '/').
+    """
+    if path.startswith("/"):
+        raise UnsafeNameError(f"base path {path!r} is absolute")
+    return check_relative_path(path, "base path", allow_empty=True)
+
+
 def datetime_str(timestamp: int) -> str:
     """`%Y%m%d-%H%M%S` in the relay's local time zone (session directory names)."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(timestamp))
@@ -94,7 +105,7 @@ def session_output_path(
     """The session directory relative to the output root (peers speaking 2.11 and later)."""
     check_component(session_name, "session name")
     check_component(hostname, "hostname")
-    base = check_relative_path(base_path, "base path", allow_empty=True)
+    base = check_base_path(base_path)
     if group_by is GroupOutputBy.SESSION:
         path = f"{session_name}/{hostname}-{datetime_str(creation_time)}"
         return f"{path}/{base}" if base else path
