@@ -780,8 +780,12 @@ async def test_live_checklist_with_our_client(
         while (reply := await client.get_metadata(metadata.id)).status == MetadataStatus.OK:
             text += reply.data
         assert reply.status == MetadataStatus.NO_NEW_METADATA
-        # Packetized TSDL: each metadata packet starts with the magic 0x75D11D57 (native order).
-        assert text[:4] == METADATA_PACKET_MAGIC and b"trace {" in text
+        if apps.sessiond.peers.writes_ctf2:
+            # CTF 2: a JSON text sequence (each fragment after an RS byte), a preamble first.
+            assert text.startswith(b"\x1e{") and b'"type": "preamble"' in text[:100]
+        else:
+            # Packetized TSDL: each metadata packet starts with the magic 0x75D11D57.
+            assert text[:4] == METADATA_PACKET_MAGIC and b"trace {" in text
         assert (await client.get_next_index(metadata.id)).status == IndexStatus.HUP
 
         busy = next(s for s in data_streams if s.channel_name == BUSY_STREAM)
