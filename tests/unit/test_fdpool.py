@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
@@ -21,7 +22,7 @@ def open_fds() -> int:
 def test_files_outnumbering_the_pool_are_written_completely(tmp_path: Path) -> None:
     pool = FdPool(limit=8)
     paths = [tmp_path / f"stream{i}" for i in range(100)]
-    pooled = [PooledFile.create(pool, lambda p=p: p) for p in paths]
+    pooled = [PooledFile.create(pool, functools.partial(Path, p)) for p in paths]
     expected = [bytearray() for _ in paths]
     rng = random.Random(7)
     before = open_fds()
@@ -41,7 +42,8 @@ def test_files_outnumbering_the_pool_are_written_completely(tmp_path: Path) -> N
 
 def test_descriptors_held_outside_the_pool_leave_it_less_room(tmp_path: Path) -> None:
     pool = FdPool(limit=5)
-    files = [PooledFile.create(pool, lambda i=i: tmp_path / f"f{i}") for i in range(5)]
+    files = [PooledFile.create(pool, functools.partial(Path, tmp_path / f"f{i}"))
+             for i in range(5)]  # fmt: skip
     assert pool.open_count == 5
     pool.hold(3)
     assert pool.open_count == 2
