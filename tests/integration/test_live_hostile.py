@@ -336,13 +336,14 @@ def test_attach_with_a_bad_seek_is_refused(
         assert viewer.call(CreateSession(), CreateSessionReply).status == CreateSessionStatus.OK
         for attempt, seek in enumerate((0, 3, 0xFFFF_FFFF)):
             reply = viewer.call(AttachSession(live.session_id, seek), AttachSessionReply)
-            if relay_kind == "c" and attempt > 0:
+            if relay_kind == "c" and live.relay.sandbox is None and attempt > 0:
                 # lttng-relayd 2.13 checks the seek only after attaching: the first bad seek
-                # leaves the session attached, so the next attaches get ALREADY.
+                # leaves the session attached, so the next attaches get ALREADY (fixed in
+                # 2.14.1: 2.16 refuses the seek first, as pyrelayd does).
                 assert reply == AttachSessionReply(AttachStatus.ALREADY)
             else:
                 assert reply == AttachSessionReply(AttachStatus.SEEK_ERR), seek
-        if relay_kind == "py":
+        if relay_kind == "py" or live.relay.sandbox is not None:
             # Nothing was attached: a good seek now works on the same connection.
             reply = viewer.call(AttachSession(live.session_id, Seek.BEGINNING), AttachSessionReply)
             assert reply.status == AttachStatus.OK and reply.streams

@@ -783,9 +783,12 @@ async def test_live_checklist_with_our_client(
         if apps.sessiond.peers.writes_ctf2:
             # CTF 2: a JSON text sequence (each fragment after an RS byte), a preamble first.
             assert text.startswith(b"\x1e{") and b'"type": "preamble"' in text[:100]
-        else:
+        elif apps.sessiond.peers.is_host:
             # Packetized TSDL: each metadata packet starts with the magic 0x75D11D57.
             assert text[:4] == METADATA_PACKET_MAGIC and b"trace {" in text
+        else:
+            # LTTng 2.16's CTF 1.8 metadata: TSDL text, not packetized.
+            assert text.startswith(b"/* CTF 1.8 */") and b"trace {" in text
         assert (await client.get_next_index(metadata.id)).status == IndexStatus.HUP
 
         busy = next(s for s in data_streams if s.channel_name == BUSY_STREAM)
