@@ -3,8 +3,8 @@
 Every request is a frozen dataclass with `decode(payload, minor)` and `encode(minor)`;
 replies are built by the `*_reply` functions. Nothing here touches a socket or a file:
 the server feeds bytes in and writes the bytes it gets back. All integers are big-endian.
-The byte layouts are documented in docs/protocol.md (from lttng-tools 2.13.9 relayd.h) and,
-for what 2.15 changed (CREATE_SESSION's trace format), in shared/protocol/protocol-2.15.md.
+The byte layouts are those of lttng-tools' `src/common/sessiond-comm/relayd.h` (2.13.9) and,
+for what 2.15 changed (CREATE_SESSION's trace format), `relayd.hpp` (2.15.1, 2.16).
 """
 
 from __future__ import annotations
