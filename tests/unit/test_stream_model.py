@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pyrelayd.model.index import TracefileArray
 from pyrelayd.model.relay import Relay
 from pyrelayd.model.session import RelaySession
 from pyrelayd.model.stream import RelayStream, StreamError, seq_before
@@ -443,3 +444,16 @@ def test_a_second_rotation_while_one_is_pending_is_an_error(
 
     with pytest.raises(StreamError):
         stream.set_pending_rotation(session.current_chunk, 5)
+
+
+@pytest.mark.parametrize("count", [2**31, 2**63, UINT64_MAX])
+def test_a_huge_tracefile_count_costs_only_the_files_written(count: int) -> None:
+    """The count is the peer's (any u64): found by fuzzing the control handler, a list of
+    `count` entries raised OverflowError (or took gigabytes) on ADD_STREAM."""
+    array = TracefileArray(count)
+    for seq in range(5):
+        array.commit(seq)
+        array.rotate_write()
+    assert len(array.heads) <= 5 and len(array.tails) <= 5
+    assert array.seq_in_file(0, 0) and not array.seq_in_file(0, 1)
+    assert array.seq_in_file(4, 4) and not array.seq_in_file(count - 1, 4)

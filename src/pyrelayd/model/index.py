@@ -68,6 +68,8 @@ class TracefileArray:
     """Which index sequence numbers each tracefile still holds, for live readers.
 
     `count` == 0 means tracefiles are not split: every sequence number is "in file".
+    `count` comes from the peer (any u64): only the files really written have entries, so
+    memory follows the files on disk, not what the peer announced.
     """
 
     def __init__(self, count: int) -> None:
@@ -75,8 +77,8 @@ class TracefileArray:
         self.reset()
 
     def reset(self) -> None:
-        self.heads = [UINT64_MAX] * self.count
-        self.tails = [UINT64_MAX] * self.count
+        self.heads: dict[int, int] = {}  # file index -> newest sequence number in it
+        self.tails: dict[int, int] = {}  # file index -> oldest sequence number in it
         self.seq_head = UINT64_MAX
         self.seq_tail = UINT64_MAX
         self.file_head_read = 0
@@ -90,11 +92,11 @@ class TracefileArray:
         if self.file_head_write == self.file_tail:
             self.file_tail = (self.file_tail + 1) % self.count
         slot = self.file_head_write
-        if self.heads[slot] != UINT64_MAX:
+        if slot in self.heads:
             # The reused file held indexes: the oldest kept one is now the tail file's first.
-            self.seq_tail = self.tails[self.file_tail]
-        self.heads[slot] = UINT64_MAX
-        self.tails[slot] = UINT64_MAX
+            self.seq_tail = self.tails.get(self.file_tail, UINT64_MAX)
+        self.heads.pop(slot, None)
+        self.tails.pop(slot, None)
 
     def rotate_read(self) -> None:
         if self.count:
@@ -108,13 +110,13 @@ class TracefileArray:
             return
         slot = self.file_head_write
         self.heads[slot] = seq
-        if self.tails[slot] == UINT64_MAX:
-            self.tails[slot] = seq
+        self.tails.setdefault(slot, seq)
 
     def seq_in_file(self, file_index: int, seq: int) -> bool:
         if not self.count:
             return True
         if seq == UINT64_MAX or not 0 <= file_index < self.count:
             return False
-        return self.tails[file_index] <= seq <= self.heads[file_index]
+        head = self.heads.get(file_index)
+        return head is not None and self.tails[file_index] <= seq <= head
 

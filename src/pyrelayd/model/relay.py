@@ -194,6 +194,10 @@ class Relay:
     def close_trace_chunk(self, session: RelaySession, chunk_id: int, close_time: int,
                           command: CloseCommand | None) -> str:
         """Close a chunk; returns the path (relative to the output root) the peer reports."""
+        try:
+            paths.iso8601_str(close_time)  # it names the chunk: refuse it before anything moves
+        except paths.UnsafeNameError as error:
+            raise RelayError(str(error), 97) from None  # LTTNG_ERR_INVALID
         chunk = self.chunks.find(session.registry_key, chunk_id)
         if chunk is None:
             raise RelayError(f"unknown trace chunk {chunk_id}", 26)  # NOMEM, as lttng does

@@ -71,14 +71,26 @@ def check_base_path(path: str) -> str:
     return check_relative_path(path, "base path", allow_empty=True)
 
 
+def _local_time(timestamp: int) -> time.struct_time:
+    """A peer's timestamp (any u64) as local time; UnsafeNameError if it cannot be one.
+
+    lttng-relayd refuses the command when localtime_r() fails; so do we (found by fuzzing:
+    a CREATE_TRACE_CHUNK of year 2**60 raised OverflowError out of the handler).
+    """
+    try:
+        return time.localtime(timestamp)
+    except (OverflowError, OSError, ValueError) as error:
+        raise UnsafeNameError(f"timestamp {timestamp} is not a date: {error}") from None
+
+
 def datetime_str(timestamp: int) -> str:
     """`%Y%m%d-%H%M%S` in the relay's local time zone (session directory names)."""
-    return time.strftime("%Y%m%d-%H%M%S", time.localtime(timestamp))
+    return time.strftime("%Y%m%d-%H%M%S", _local_time(timestamp))
 
 
 def iso8601_str(timestamp: int) -> str:
     """`%Y%m%dT%H%M%S%z` in local time (trace chunk names)."""
-    return time.strftime("%Y%m%dT%H%M%S%z", time.localtime(timestamp))
+    return time.strftime("%Y%m%dT%H%M%S%z", _local_time(timestamp))
 
 
 def chunk_name(chunk_id: int, created: int, closed: int | None = None) -> str:

@@ -1,0 +1,37 @@
+"""Run one fuzz target under atheris (libFuzzer): `python fuzz/run.py TARGET [libFuzzer args]`.
+
+    python fuzz/run.py relayd_request -runs=100000 fuzz/corpus/relayd_request
+    python fuzz/run.py --list
+
+pyrelayd's modules are instrumented for coverage as they are imported. A crash (an exception
+the target does not expect, or a failed check) stops the run with libFuzzer's report and the
+input saved as `crash-*`; `-rss_limit_mb` and `-timeout` catch unbounded allocation and hangs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import atheris  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+with atheris.instrument_imports(include=["pyrelayd"]):
+    import targets
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in targets.TARGETS:
+        if len(sys.argv) >= 2 and sys.argv[1] == "--list":
+            print("\n".join(targets.TARGETS))
+            return
+        sys.exit(f"usage: {sys.argv[0]} TARGET [libFuzzer args]; targets: "
+                 + ", ".join(targets.TARGETS))
+    target = targets.TARGETS[sys.argv[1]]
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
