@@ -1,9 +1,10 @@
 """Run every benchmark against lttng-relayd and pyrelayd; write docs/benchmarks.md and a chart.
 
-    python bench/run.py              # the documented sizes (about 15 minutes on 2 CPUs)
+    python bench/run.py              # the documented sizes (about 20 minutes on 2 CPUs)
     python bench/run.py --full       # the same, with 5 million events end to end
     python bench/run.py --smoke      # seconds: every benchmark at a tiny size (CI)
     python bench/run.py --only ingest,live --output /tmp/b.md
+    python bench/run.py --only patterns       # the producer patterns of bench/producers.py
 
 Every figure is measured for both relays in the same run, on the same inputs, and shown with
 its pyrelayd / C ratio. Tables are printed as each benchmark completes; the Markdown file is
@@ -32,6 +33,7 @@ from bench.idle import IdleConfig, IdleResult, run_idle  # noqa: E402
 from bench.ingest import IngestConfig, IngestResult, run_ingest  # noqa: E402
 from bench.live import LiveConfig, LiveResult, run_live  # noqa: E402
 from bench.many import ManyConfig, ManyResult, run_many  # noqa: E402
+from bench.patterns import PatternResult, PatternsConfig, run_patterns  # noqa: E402
 from bench.relays import (  # noqa: E402
     LOAD_CPUS,
     RELAY_CPUS,
@@ -40,7 +42,7 @@ from bench.relays import (  # noqa: E402
 )
 from bench.report import GIB, MIB, Section, load_average, machine_description  # noqa: E402
 
-BENCHMARKS = ("ingest", "e2e", "many", "live", "idle")
+BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns")
 NOTES_BEGIN = "<!-- NOTES_BEGIN: hand-written, kept by bench/run.py -->"
 NOTES_END = "<!-- NOTES_END -->"
 COMMAND = "python bench/run.py"
@@ -53,6 +55,7 @@ class Sizes:
     many: ManyConfig
     live: LiveConfig
     idle: IdleConfig
+    patterns: PatternsConfig
 
 
 def sizes(smoke: bool, full: bool) -> Sizes:
@@ -63,6 +66,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
             ManyConfig(5, 2, 2 * MIB),
             LiveConfig(4 * MIB, (1, 2), viewer_timeout_s=30, settle_s=0.05),
             IdleConfig(20, idle_s=0.5, limited_sessions=5, limited_streams=40),
+            PatternsConfig(MIB, repeat=1, sessions=4, session_packets_per_stream=2),
         )
     return Sizes(
         IngestConfig(GIB, repeat=5),
@@ -70,6 +74,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
         ManyConfig(200, 8, GIB),
         LiveConfig(512 * MIB, repeat=3),
         IdleConfig(1000, idle_s=5.0),
+        PatternsConfig(256 * MIB, repeat=5),
     )
 
 
@@ -80,6 +85,7 @@ class Results:
     many: list[ManyResult] = dataclasses.field(default_factory=list)
     live: list[LiveResult] = dataclasses.field(default_factory=list)
     idle: list[IdleResult] = dataclasses.field(default_factory=list)
+    patterns: list[PatternResult] = dataclasses.field(default_factory=list)
 
 
 def run(selected: list[str], plan: Sizes, workdir: Path) -> Results:
@@ -95,8 +101,10 @@ def run(selected: list[str], plan: Sizes, workdir: Path) -> Results:
             section, results.many = run_many(plan.many, workdir)
         elif name == "live":
             section, results.live = run_live(plan.live, workdir)
-        else:
+        elif name == "idle":
             section, results.idle = run_idle(plan.idle, workdir)
+        else:
+            section, results.patterns = run_patterns(plan.patterns, workdir)
         section.notes.append(f"Benchmark time: {time.monotonic() - start:.0f} s.")
         results.sections.append(section)
         print()

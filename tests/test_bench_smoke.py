@@ -1,6 +1,6 @@
 """Every benchmark of bench/ runs, at a tiny size, and writes its table (never a timing check).
 
-`python bench/run.py --smoke` runs the five benchmarks against both relays in a few seconds;
+`python bench/run.py --smoke` runs the six benchmarks against both relays in a few seconds;
 this test checks that it succeeds and that each benchmark produced a table with a row for
 each relay and a table of ratios. Benchmarks are not tests: no figure is asserted.
 """
@@ -19,7 +19,7 @@ from tests.integration.lttng_env import host_has_lttng
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("1. Ingest throughput", "2. End to end with real LTTng", "3. Many producers",
-            "4. Live serving", "5. Idle scale")
+            "4. Live serving", "5. Idle scale", "6. Producer patterns")
 
 pytestmark = [
     pytest.mark.lttng,

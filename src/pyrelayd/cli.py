@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getopt
-import grp
 import importlib
 import logging
 import os
@@ -26,11 +25,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from pyrelayd import __version__
+from pyrelayd import __version__, logs
 from pyrelayd.config import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_DATA_PORT,
+    DEFAULT_HEALTH_CHECK_DELTA_S,
     DEFAULT_LIVE_PORT,
+    DEFAULT_METRICS_PORT,
     RELAYD_MIN_FD_POOL_SIZE,
     GroupOutputBy,
     ListenAddress,
@@ -38,6 +39,7 @@ from pyrelayd.config import (
     TcpKeepAlive,
 )
 from pyrelayd.protocol.uri import UriError, listen_address, parse_uri
+from pyrelayd.server.health import RUN_SUBDIRECTORY, make_run_directory
 
 PROG = "pyrelayd"
 COMPATIBLE_WITH = "lttng-relayd 2.13"
@@ -45,8 +47,9 @@ SYSTEM_CONFIG_PATH = Path("/etc/lttng/lttng.conf")
 CONFIG_SECTION = "relayd"
 SYSTEM_RUN_DIR = Path("/var/run/lttng")
 TRACE_DIR_NAME = "lttng-traces"
-# Port files (--dynamic-port-allocation) go to RUN_DIR/relayd/{control,data,live}.port.
-RELAYD_RUN_SUBDIR = "relayd"
+# Port files (--dynamic-port-allocation) go to RUN_DIR/relayd/{control,data,live}.port,
+# next to the health socket.
+RELAYD_RUN_SUBDIR = RUN_SUBDIRECTORY
 MAX_VERBOSITY = 3
 
 DEFAULT_CONTROL_URL = "tcp://0.0.0.0"
@@ -63,6 +66,9 @@ ENV_TCP_KEEP_ALIVE_IDLE_TIME = "LTTNG_RELAYD_TCP_KEEP_ALIVE_IDLE_TIME"
 ENV_TCP_KEEP_ALIVE_MAX_PROBE_COUNT = "LTTNG_RELAYD_TCP_KEEP_ALIVE_MAX_PROBE_COUNT"
 ENV_TCP_KEEP_ALIVE_PROBE_INTERVAL = "LTTNG_RELAYD_TCP_KEEP_ALIVE_PROBE_INTERVAL"
 ENV_TCP_KEEP_ALIVE_ABORT_THRESHOLD = "LTTNG_RELAYD_TCP_KEEP_ALIVE_ABORT_THRESHOLD"
+ENV_RELAYD_HEALTH = "LTTNG_RELAYD_HEALTH"
+# pyrelayd's own: the health check's delta in seconds (default 20, as lttng-relayd).
+ENV_HEALTH_CHECK_DELTA = "PYRELAYD_HEALTH_CHECK_DELTA"
 
 _log = logging.getLogger(__name__)
 _COMMAND_LINE = "command line"  # the origin of command-line settings, for messages
@@ -86,9 +92,11 @@ _OPTIONS = (
     _Option("control-port", "C", True),
     _Option("data-port", "D", True),
     _Option("live-port", "L", True),
+    _Option("metrics-port", None, True),
     _Option("daemonize", "d", False),
     _Option("background", "b", False),
     _Option("pid-file", "P", True),
+    _Option("log-file", None, True),
     _Option("group", "g", True),
     _Option("fd-pool-size", None, True),
     _Option("help", "h", False),
@@ -124,6 +132,8 @@ Daemon:
       --fd-pool-size=COUNT      keep at most COUNT file descriptors open
                                 (default: the soft RLIMIT_NOFILE)
   -v, --verbose                 increase verbosity (up to three times)
+      --log-file=PATH           log to PATH (reopened on SIGHUP) instead of stderr or,
+                                with -d/-b, syslog
 
 Output:
   -o, --output=DIR              base output directory (default: $LTTNG_HOME/lttng-traces)
@@ -137,13 +147,17 @@ Ports (URL: tcp://HOST[:PORT], tcp6://[ADDR][:PORT], net://HOST[:PORT]):
   -L, --live-port=URL           live viewer listener (default: tcp://localhost:{DEFAULT_LIVE_PORT})
       --dynamic-port-allocation let the OS choose ports not given (or given as 0) and write
                                 them to RUNDIR/relayd/{{control,data,live}}.port
+      --metrics-port=URL        serve /metrics (Prometheus), /status (JSON) and /healthz over
+                                HTTP (e.g. tcp://127.0.0.1:{DEFAULT_METRICS_PORT}; default: off)
 
   -h, --help                    show this help and exit
   -V, --version                 show the version and exit
 
 Environment: LTTNG_HOME, LTTNG_RUNDIR, LTTNG_NETWORK_SOCKET_TIMEOUT,
 LTTNG_RELAYD_DISALLOW_CLEAR, LTTNG_RELAYD_WORKING_DIRECTORY, LTTNG_RELAYD_TCP_KEEP_ALIVE,
-LTTNG_RELAYD_TCP_KEEP_ALIVE_{{IDLE_TIME,PROBE_INTERVAL,MAX_PROBE_COUNT,ABORT_THRESHOLD}}.
+LTTNG_RELAYD_TCP_KEEP_ALIVE_{{IDLE_TIME,PROBE_INTERVAL,MAX_PROBE_COUNT,ABORT_THRESHOLD}},
+LTTNG_RELAYD_HEALTH (health socket; default RUNDIR/relayd/health-PID), NOTIFY_SOCKET and
+WATCHDOG_USEC (systemd).
 Config files: {SYSTEM_CONFIG_PATH}, $LTTNG_HOME/.lttng/lttng.conf, then --config."""
 
 VERSION_LINE = f"{PROG} {__version__} ({COMPATIBLE_WITH} compatible)"
@@ -312,12 +326,13 @@ class _Settings:
         self.disallow_clear = False
         self.dynamic_port_allocation = False
         self.pid_file: str | None = None
+        self.log_file: str | None = None
         self.sig_parent = False
 
     def apply(self, option: _Option, value: str | None, origin: str) -> None:
         """Apply one option; `value` is None for a flag (an option without value)."""
         match option.name:
-            case "control-port" | "data-port" | "live-port":
+            case "control-port" | "data-port" | "live-port" | "metrics-port":
                 assert value is not None
                 listener = option.name.removesuffix("-port")
                 _check_url(listener, value, origin)
@@ -328,6 +343,8 @@ class _Settings:
                 self.working_directory = value
             case "pid-file":
                 self.pid_file = value
+            case "log-file":
+                self.log_file = value
             case "group":
                 assert value is not None
                 self.group = value
@@ -463,6 +480,20 @@ def _env_int(environ: Mapping[str, str], name: str) -> int | None:
     return number
 
 
+def _health_check_delta(environ: Mapping[str, str]) -> float:
+    value = environ.get(ENV_HEALTH_CHECK_DELTA)
+    if value is None:
+        return DEFAULT_HEALTH_CHECK_DELTA_S
+    try:
+        delta = float(value)
+    except ValueError:
+        delta = 0.0
+    if not 0 < delta < float("inf"):
+        raise CliError(f"invalid value '{value}' for {ENV_HEALTH_CHECK_DELTA}: expected a "
+                       "number of seconds")
+    return delta
+
+
 def _network_socket_timeout_ms(environ: Mapping[str, str]) -> int:
     timeout = _env_int(environ, ENV_NETWORK_SOCKET_TIMEOUT)
     # 0 and -1 both mean "no timeout".
@@ -551,6 +582,8 @@ def parse_options(
     control = _listener(settings, "control", DEFAULT_CONTROL_URL, DEFAULT_CONTROL_PORT)
     data = _listener(settings, "data", DEFAULT_DATA_URL, DEFAULT_DATA_PORT)
     live = _listener(settings, "live", DEFAULT_LIVE_URL, DEFAULT_LIVE_PORT)
+    metrics = (_listener(settings, "metrics", "", DEFAULT_METRICS_PORT)
+               if "metrics" in settings.urls else None)
     _check_fd_pool_size(settings.fd_pool_size)
 
     if settings.output is not None:
@@ -564,11 +597,16 @@ def parse_options(
 
     # Resolved now (symbolic links too, as lttng): a daemon moves to / before writing it.
     pid_file = Path(os.path.realpath(_absolute(settings.pid_file))) if settings.pid_file else None
+    if settings.log_file is not None and not settings.log_file:
+        raise CliError("empty log file path (--log-file)")
+    log_file = _absolute(settings.log_file) if settings.log_file else None
+    health_socket = environ.get(ENV_RELAYD_HEALTH)
 
     return RelaydOptions(
         control=control,
         data=data,
         live=live,
+        metrics=metrics,
         output_root=output_root,
         group_output_by=settings.group_output_by or GroupOutputBy.HOST,
         allow_clear=_allow_clear(settings, environ),
@@ -586,29 +624,28 @@ def parse_options(
         network_socket_timeout_ms=_network_socket_timeout_ms(environ),
         tcp_keep_alive=_tcp_keep_alive(environ),
         run_dir=run_directory(environ, home),
+        health_socket=_absolute(health_socket) if health_socket else None,
+        health_check_delta_s=_health_check_delta(environ),
+        log_file=log_file,
     )
 
 
 # --- Process setup ------------------------------------------------------------------------
 
-_log_handler: logging.Handler | None = None
 
-
-def configure_logging(verbosity: int) -> None:
-    """Log to stderr with timestamps: warnings, then info (-v), then debug (-vv and more)."""
-    global _log_handler
-    root = logging.getLogger()
-    if _log_handler is None:
-        _log_handler = logging.StreamHandler(sys.stderr)
-        _log_handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s.%(msecs)03d %(levelname)s [%(process)d] %(name)s: %(message)s",
-                datefmt="%Y-%m-%dT%H:%M:%S",
-            )
-        )
-        root.addHandler(_log_handler)
-    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
-    root.setLevel(levels[min(verbosity, len(levels) - 1)])
+def configure_logging(options: RelaydOptions) -> None:
+    """stderr in the foreground; the --log-file instead when given; as a daemon (-d, -b)
+    without a log file, syslog (and the console too with -b, which keeps it). Raises
+    OSError when the log file cannot be opened."""
+    if options.log_file is not None:
+        logs.configure(options.verbosity, log_file=options.log_file, stderr=False)
+        return
+    daemon = options.daemonize or options.background
+    logs.configure(options.verbosity, syslog=daemon, stderr=not options.daemonize)
+    syslog = logs.syslog_handler()
+    if syslog is not None and not syslog.connected():
+        print(f"{PROG}: warning: cannot log to syslog ({syslog.address}): the daemon's "
+              "messages are lost; use --log-file", file=sys.stderr, flush=True)
 
 
 def _error(message: str) -> int:
@@ -655,19 +692,6 @@ def _daemonize(close_stdio: bool) -> int:
         if null > 2:
             os.close(null)
     return write_end
-
-
-def _make_run_dir(path: Path, tracing_group: str) -> None:
-    """Create an LTTng run directory as lttng does: private, or root:tracing 0755 as root."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.getuid() != 0:
-        return
-    try:
-        gid = grp.getgrnam(tracing_group).gr_gid
-    except KeyError:
-        gid = 0
-    os.chown(path, 0, gid)
-    path.chmod(0o755)
 
 
 def port_file_directory(options: RelaydOptions) -> Path:
@@ -727,7 +751,7 @@ def _write_pid_file(path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the relay daemon as `lttng-relayd` would; return the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    configure_logging(0)
+    logs.configure(0)
     try:
         information = information_request(arguments)
         if information is not None:
@@ -736,7 +760,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_options(arguments, os.environ)
     except CliError as error:
         return _error(str(error))
-    configure_logging(options.verbosity)
+    try:
+        configure_logging(options)
+    except OSError as error:
+        return _error(f"cannot open log file {options.log_file}: {error.strerror}")
     # The parent to signal is the one that started us, not the daemon's.
     sig_parent_pid = os.getppid() if options.sig_parent else None
 
@@ -744,12 +771,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.output_root.mkdir(mode=0o770, parents=True, exist_ok=True)
     except OSError as error:
         return _error(f"cannot create output directory {options.output_root}: {error.strerror}")
-    if options.dynamic_port_allocation:
-        try:
-            _make_run_dir(options.run_dir, options.tracing_group)
-            _make_run_dir(port_file_directory(options), options.tracing_group)
-        except OSError as error:
-            return _error(f"cannot create run directory {error.filename}: {error.strerror}")
+    # For the health socket and the port files, as lttng-relayd (always, even when
+    # LTTNG_RELAYD_HEALTH puts the socket elsewhere).
+    try:
+        make_run_directory(options.run_dir, options.tracing_group)
+        make_run_directory(port_file_directory(options), options.tracing_group)
+    except OSError as error:
+        return _error(f"cannot create run directory {error.filename}: {error.strerror}")
 
     daemon_pipe: int | None = None
     if options.daemonize or options.background:

@@ -12,7 +12,13 @@ from pathlib import Path
 DEFAULT_CONTROL_PORT = 5342
 DEFAULT_DATA_PORT = 5343
 DEFAULT_LIVE_PORT = 5344
+DEFAULT_METRICS_PORT = 9464  # --metrics-port without a port
 DEFAULT_NETWORK_SOCKET_TIMEOUT_MS = 0  # 0: no timeout (lttng's default is to wait forever)
+# How long a peer may keep the relay waiting in the middle of a message (or before its first
+# one) when LTTNG_NETWORK_SOCKET_TIMEOUT does not say: lttng's default TCP timeout.
+DEFAULT_STALL_TIMEOUT_S = 180.0
+# The health check's delta: a component that made no progress for this long is unhealthy.
+DEFAULT_HEALTH_CHECK_DELTA_S = 20.0
 # --fd-pool-size bounds, as lttng-relayd: at least this many, and the relay keeps
 # RELAYD_FD_POOL_SIZE_RESERVE of the pool for transient uses (sockets being accepted, ...).
 RELAYD_MIN_FD_POOL_SIZE = 100
@@ -68,3 +74,10 @@ class RelaydOptions:
     # The LTTng run directory ($LTTNG_RUNDIR, /var/run/lttng for root, else
     # $LTTNG_HOME/.lttng); port files (dynamic port allocation) go to run_dir/relayd/.
     run_dir: Path = Path("/var/run/lttng")
+    # --metrics-port: HTTP /metrics, /status and /healthz; None: off.
+    metrics: ListenAddress | None = None
+    # The health socket ($LTTNG_RELAYD_HEALTH); None: run_dir/relayd/health-PID.
+    health_socket: Path | None = None
+    health_check_delta_s: float = DEFAULT_HEALTH_CHECK_DELTA_S
+    # --log-file: log there (reopened on SIGHUP) instead of stderr or, as a daemon, syslog.
+    log_file: Path | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pyrelayd import __version__, cli
+from pyrelayd import __version__, cli, logs
 from pyrelayd.cli import CliError, parse_config_value, parse_options, read_config_entries
 from pyrelayd.config import GroupOutputBy, ListenAddress, RelaydOptions, TcpKeepAlive
 
@@ -247,6 +247,34 @@ def test_network_socket_timeout(value: str, expected: int, env: dict[str, str]) 
     assert resolved.network_socket_timeout_ms == expected
 
 
+def test_health_socket_environment(env: dict[str, str], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    assert options([], env).health_socket is None  # RUNDIR/relayd/health-PID, once running
+    monkeypatch.chdir(tmp_path)
+    resolved = options([], env | {"LTTNG_RELAYD_HEALTH": "health.sock"})
+    assert resolved.health_socket == tmp_path / "health.sock"  # a daemon moves to /
+
+
+def test_health_check_delta_environment(env: dict[str, str]) -> None:
+    assert options([], env).health_check_delta_s == 20
+    assert options([], env | {"PYRELAYD_HEALTH_CHECK_DELTA": "0.5"}).health_check_delta_s == 0.5
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(CliError, match="PYRELAYD_HEALTH_CHECK_DELTA"):
+            options([], env | {"PYRELAYD_HEALTH_CHECK_DELTA": bad})
+
+
+def test_log_file_option_and_config_key(env: dict[str, str], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert options([], env).log_file is None
+    monkeypatch.chdir(tmp_path)
+    assert options(["--log-file", "relayd.log"], env).log_file == tmp_path / "relayd.log"
+    config = write_config(tmp_path / "relayd.conf", "[relayd]\nlog-file = /var/log/r.log\n")
+    assert options(["-f", str(config)], env).log_file == Path("/var/log/r.log")
+    assert options(["-f", str(config), "--log-file", "/x.log"], env).log_file == Path("/x.log")
+    with pytest.raises(CliError, match="empty log file path"):
+        options(["--log-file", ""], env)
+
+
 def test_tcp_keep_alive(env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
     keep_alive = {
         "LTTNG_RELAYD_TCP_KEEP_ALIVE": "1",
@@ -426,6 +454,8 @@ def test_main_help() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: pyrelayd")
     assert "--control-port=URL" in result.stdout
+    assert "--log-file=PATH" in result.stdout
+    assert "LTTNG_RELAYD_HEALTH" in result.stdout
     assert result.stderr == ""
 
 
@@ -441,6 +471,8 @@ def test_main_version() -> None:
         (["-C", "xyz://"], "pyrelayd: error: invalid control port URL 'xyz://': unknown scheme"),
         (["--bogus"], "pyrelayd: error: option --bogus not recognized"),
         (["-s", "-p"], "pyrelayd: error: --group-output-by-host conflicts"),
+        (["--log-file", "/nonexistent/relayd.log"],
+         "pyrelayd: error: cannot open log file /nonexistent/relayd.log: No such file"),
     ],
 )
 def test_main_bad_input_exits_1_with_one_line(argv: list[str], line: str) -> None:
@@ -478,9 +510,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     monkeypatch.setattr(cli, "SYSTEM_CONFIG_PATH", Path("/nonexistent"))
     yield server
     # main() configures the root logger; undo it for the other tests.
-    if cli._log_handler is not None:
-        logging.getLogger().removeHandler(cli._log_handler)
-        cli._log_handler = None
+    logs.reset()
     logging.getLogger().setLevel(logging.WARNING)
 
 

@@ -458,8 +458,10 @@ def test_the_trace_format_of_each_session_is_logged(relay: Relay,
     formats = [record.getMessage() for record in caplog.records if "trace format" in
                record.getMessage() and record.levelno == logging.INFO]
     assert len(formats) == 2
-    assert "session 1 (myhost/mysess) uses protocol 2.15, trace format ctf-2" in formats[0]
-    assert "session 2 (myhost/old) uses protocol 2.13, trace format ctf-1.8" in formats[1]
+    assert "[myhost/mysess]: session 1 created in " in formats[0]
+    assert "(protocol 2.15, trace format ctf-2)" in formats[0]
+    assert "[myhost/old]: session 2 created in " in formats[1]
+    assert "(protocol 2.13, trace format ctf-1.8)" in formats[1]
 
 
 def test_create_session_2_4_refused_with_a_12_byte_fatal(relay: Relay) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pyrelayd.protocol.index import PacketIndex, encode_header
+from pyrelayd.protocol.index import encode_header, encode_record
 from pyrelayd.protocol.relayd import SendIndex
 from pyrelayd.storage.fdpool import PooledFile
 
@@ -34,7 +34,8 @@ class IndexFile:
         if self.references == 0:
             self.file.close()
 
-    def append(self, index: PacketIndex) -> None:
+    def append(self, index: PendingIndex) -> None:
+        """The record of a complete index."""
         self.file.append(index.encode(self.index_minor))
 
 
@@ -50,12 +51,14 @@ class PendingIndex:
     def complete(self) -> bool:
         return self.control is not None and self.index_file is not None
 
-    def record(self) -> PacketIndex:
+    def encode(self, index_minor: int) -> bytes:
+        """The index record, once complete."""
         assert self.control is not None
         c = self.control
-        return PacketIndex(
-            self.offset, c.packet_size, c.content_size, c.timestamp_begin, c.timestamp_end,
-            c.events_discarded, c.stream_id, c.stream_instance_id, c.packet_seq_num,
+        return encode_record(
+            index_minor, self.offset, c.packet_size, c.content_size, c.timestamp_begin,
+            c.timestamp_end, c.events_discarded, c.stream_id, c.stream_instance_id,
+            c.packet_seq_num,
         )
 
     def release(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pyrelayd.config import GroupOutputBy
 from pyrelayd.model.chunk import ChunkError, ChunkRegistry, TraceChunk
+from pyrelayd.model.counters import RelayCounters, SessionLedger
 from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.model.stream import RelayStream
 from pyrelayd.protocol.relayd import CloseCommand
@@ -42,6 +43,8 @@ class Relay:
         self.streams: dict[int, RelayStream] = {}
         self.chunks = ChunkRegistry()
         self.fd_pool = FdPool(settings.fd_pool_size)
+        self.counters = RelayCounters()
+        self.ledger = SessionLedger()  # what each session received, for metrics
         self._last_session_id = 0
         self._last_stream_handle = 0
         self._last_trace_id = 0
@@ -101,12 +104,14 @@ class Relay:
         session.current_chunk = chunk
         self.sessions[session.id] = session
         self.chunks.session_created(info.sessiond_uuid)
-        log.info("%s created in %s", session, directory)
+        self.ledger.session_created(session)
+        log.debug("%s created in %s", session, directory)
         return session
 
     def session_released(self, session: RelaySession) -> None:
         self.sessions.pop(session.id, None)
         self.chunks.session_destroyed(session.info.sessiond_uuid)
+        self.ledger.session_released(session)
 
     def live_sessions(self) -> Iterator[RelaySession]:
         yield from (s for s in self.sessions.values() if not s.connection_closed)

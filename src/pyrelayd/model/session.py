@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyrelayd.model.chunk import RegistryKey, TraceChunk
+from pyrelayd.model.counters import Received
 from pyrelayd.model.trace import CtfTrace
 from pyrelayd.protocol.relayd import TraceFormat
 
@@ -59,6 +60,7 @@ class RelaySession:
         # Live viewers attached. Unlike lttng-relayd, any number of viewers may follow a
         # session at once; each has viewer streams of its own.
         self.viewers: set[ViewerSession] = set()
+        self.received_by_closed_streams = Received()  # open streams count their own
         # Holders: the creating control connection, bound data connections, open streams.
         self.references = 1
         self.released = False
@@ -103,6 +105,14 @@ class RelaySession:
     def all_streams(self) -> Iterator[RelayStream]:
         yield from list(self.streams.values())
 
+    def received(self) -> Received:
+        """Everything this session received so far (for metrics)."""
+        total = Received()
+        total.add(self.received_by_closed_streams)
+        for stream in self.streams.values():
+            total.add_stream(stream)
+        return total
+
     # ----------------------------------------------------------------- streams
 
     def trace_for(self, path: str) -> CtfTrace:
@@ -126,7 +136,8 @@ class RelaySession:
                 viewer.streams_published(self)
 
     def stream_closed(self, stream: RelayStream) -> None:
-        self.streams.pop(stream.handle, None)
+        if self.streams.pop(stream.handle, None) is not None:
+            self.received_by_closed_streams.add_stream(stream)
         if stream in self.unpublished:
             self.unpublished.remove(stream)
         self.relay.stream_closed(stream)
@@ -161,4 +172,5 @@ class RelaySession:
                 chunk.put()
         self.current_chunk = self.pending_closure_chunk = None
         self.relay.session_released(self)
-        log.info("%s released", self)
+        log.info("session %d [%s/%s]: destroyed%s", self.id, self.hostname, self.name,
+                 " (aborted: a connection failed or the relay stopped)" if self.aborted else "")

@@ -81,6 +81,12 @@ class RelayStream:
         self.beacon_ts_end = UINT64_MAX
         self.ctf_stream_id = UINT64_MAX
         self.metadata_received = 0
+        # For metrics: what the peer sent (packets on the data connection, or metadata),
+        # and the trace time span of the indexed packets (viewer lag).
+        self.received_packets = 0
+        self.received_bytes = 0
+        self.first_timestamp_begin = 0
+        self.timestamp_end = 0  # of the newest indexed packet
         self.rotation: PendingRotation | None = None
         self.completed_rotation_count = 0
         self.last_rotation_was_to_null_chunk = False
@@ -187,6 +193,8 @@ class RelayStream:
         assert self.data_file is not None
         self.data_file.write_zeros(padding_size)
         total = data_size + padding_size
+        self.received_packets += 1
+        self.received_bytes += data_size
         index_flushed = False
         if self.session.has_indexes:
             index_flushed = self._add_data_half(net_seq_num, total)
@@ -219,13 +227,16 @@ class RelayStream:
         if not index.complete:
             return False
         assert index.index_file is not None and index.control is not None
-        index.index_file.append(index.record())
+        index.index_file.append(index)
         index.release()
         del self.pending_indexes[index.net_seq_num]
         self.tracefile_array.rotate_read()
         self.tracefile_array.commit(self.index_received_seqcount)
+        if not self.index_received_seqcount:
+            self.first_timestamp_begin = index.control.timestamp_begin
         self.index_received_seqcount += 1
         self.received_packet_seq_num = index.control.packet_seq_num
+        self.timestamp_end = index.control.timestamp_end
         return True
 
     # ----------------------------------------------------------------- control side
@@ -261,6 +272,7 @@ class RelayStream:
             raise StreamError(f"{self} has no open metadata file")
         self.data_file.write_zeros(padding_size)
         self.metadata_received += length + padding_size
+        self.received_bytes += length
 
     def reset_metadata(self) -> None:
         """`lttng regenerate metadata`: start the metadata file over in the current chunk."""

@@ -97,6 +97,10 @@ class ViewerStream:
         else:
             self.tracefile_id = array.file_head_read
             self.index_sent_seqcount = (array.seq_head + 1) & UINT64_MAX
+        # End (trace time) of the last packet handed to the viewer, for its lag; None: it
+        # stands before the stream's first packet.
+        self.timestamp_end: int | None = (
+            stream.timestamp_end if seek is Seek.LAST and stream.index_received_seqcount else None)
         self.index_fd: int | None = None
         self.index_position = 0
         self.index_record_size = 0
@@ -461,7 +465,9 @@ class ViewerSession:
             return reply(IndexStatus.ERR)
         viewer_stream.index_position += len(raw)
         viewer_stream.index_sent_seqcount += 1
-        return reply(IndexStatus.OK, PacketIndex.decode(raw, viewer_stream.index_minor))
+        index = PacketIndex.decode(raw, viewer_stream.index_minor)
+        viewer_stream.timestamp_end = index.timestamp_end
+        return reply(IndexStatus.OK, index)
 
     # ----------------------------------------------------------------- GET_PACKET
 

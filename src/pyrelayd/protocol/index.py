@@ -31,6 +31,19 @@ def encode_header(index_minor: int) -> bytes:
     return HEADER.pack(INDEX_MAGIC, INDEX_MAJOR, index_minor, record_format(index_minor).size)
 
 
+def encode_record(index_minor: int, offset: int, packet_size: int, content_size: int,
+                  timestamp_begin: int, timestamp_end: int, events_discarded: int,
+                  stream_id: int, stream_instance_id: int, packet_seq_num: int) -> bytes:
+    """One record (the fields of `PacketIndex`); the relay packs its records with this
+    directly, without building a `PacketIndex` per packet."""
+    if index_minor >= 1:
+        return RECORD_1_1.pack(offset, packet_size, content_size, timestamp_begin,
+                               timestamp_end, events_discarded, stream_id, stream_instance_id,
+                               packet_seq_num)
+    return RECORD_1_0.pack(offset, packet_size, content_size, timestamp_begin, timestamp_end,
+                           events_discarded, stream_id)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PacketIndex:
     """One packet of a data stream file, as described by its index record."""
@@ -46,15 +59,10 @@ class PacketIndex:
     packet_seq_num: int = UINT64_MAX
 
     def encode(self, index_minor: int) -> bytes:
-        if index_minor >= 1:
-            return RECORD_1_1.pack(
-                self.offset, self.packet_size, self.content_size, self.timestamp_begin,
-                self.timestamp_end, self.events_discarded, self.stream_id,
-                self.stream_instance_id, self.packet_seq_num,
-            )
-        return RECORD_1_0.pack(
-            self.offset, self.packet_size, self.content_size, self.timestamp_begin,
-            self.timestamp_end, self.events_discarded, self.stream_id,
+        return encode_record(
+            index_minor, self.offset, self.packet_size, self.content_size, self.timestamp_begin,
+            self.timestamp_end, self.events_discarded, self.stream_id, self.stream_instance_id,
+            self.packet_seq_num,
         )
 
     @classmethod

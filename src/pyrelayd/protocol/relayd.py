@@ -611,7 +611,7 @@ REQUEST_TYPES: dict[Command, type] = {
 }
 
 # The largest payload each fixed-layout request may need; the excess is discarded unread.
-MAX_REQUEST_PAYLOAD: dict[Command, int] = {
+MAX_REQUEST_PAYLOAD: dict[int, int] = {  # by command (an IntEnum: a plain int finds it)
     Command.VERSION: 8,
     Command.GET_CONFIGURATION: 8,
     Command.CREATE_SESSION: CreateSession.FORMAT_2_15.size + NAME_MAX + HOST_NAME_MAX + PATH_MAX,

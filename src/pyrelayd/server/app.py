@@ -10,13 +10,28 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
+from pyrelayd import logs
 from pyrelayd.config import RELAYD_FD_POOL_SIZE_RESERVE, ListenAddress, RelaydOptions, TcpKeepAlive
 from pyrelayd.model.relay import Relay, RelaySettings
+from pyrelayd.server import notify
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
+from pyrelayd.server.health import (
+    RUN_SUBDIRECTORY,
+    Component,
+    HealthMonitor,
+    HealthServer,
+    default_socket_path,
+    make_run_directory,
+)
 from pyrelayd.server.live import LiveServer
+from pyrelayd.server.timeouts import Stallable, StallSweeper, stall_timeout
+
+if TYPE_CHECKING:
+    from pyrelayd.server.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +85,15 @@ class RelayDaemon:
         self.ports: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self.live: LiveServer | None = None
+        self.metrics: MetricsEndpoint | None = None
+        # Operations: health socket, its loop heartbeat, stalled peers, systemd's watchdog.
+        self.health = HealthMonitor(options.health_check_delta_s)
+        self.health.connection_fds = self._connection_fds
+        self.health_server: HealthServer | None = None
+        self.sweeper = StallSweeper(stall_timeout(options.network_socket_timeout_ms),
+                                    self._stallable_connections)
+        self._close_listener: dict[str, Callable[[], None]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     async def _listen(self, name: str, address: ListenAddress,
                       factory: Callable[[], asyncio.BaseProtocol]) -> None:
@@ -85,7 +109,9 @@ class RelayDaemon:
         )
         for sock in server.sockets:
             self.ports[name] = sock.getsockname()[1]
+            self.health.add_listener(Component.LISTENER, name, sock)
         self.servers.append(server)
+        self._close_listener[name] = server.close
         log.info("%s listening on %s port %d", name, address.host, self.ports[name])
 
     async def start(self) -> None:
@@ -93,21 +119,105 @@ class RelayDaemon:
         keep_alive = self.options.tcp_keep_alive
 
         def control() -> asyncio.BaseProtocol:
+            self.relay.counters.connections_accepted["control"] += 1
             return _with_socket_options(ControlProtocol(self.relay, self.connections), keep_alive)
 
         def data() -> asyncio.BaseProtocol:
+            self.relay.counters.connections_accepted["data"] += 1
             return _with_socket_options(DataProtocol(self.relay, self.connections), keep_alive)
 
         await self._listen("control", self.options.control, control)
         await self._listen("data", self.options.data, data)
         self.live = LiveServer(self.relay, self._live_listener(self.options.live))
         self.live.start()
+        self.health.add_listener(Component.LIVE_LISTENER, "live", self.live.acceptor.listener)
+        self._close_listener["live"] = self.live.acceptor.close
+        if self.options.metrics is not None:
+            await self._start_metrics(self.options.metrics)
+        self._start_operations()
         # What the pool may use: the budget minus what is open now (standard streams, the
         # event loop's own descriptors, listeners) and a margin for sockets being accepted.
         untracked = open_descriptor_count() + RELAYD_FD_POOL_SIZE_RESERVE
         self.relay.fd_pool.limit = max(1, self.fd_budget - untracked)
         log.info("fd pool: %d descriptors for stream files, sockets and viewers",
                  self.relay.fd_pool.limit)
+
+    # ----------------------------------------------------------------- operations
+
+    def _start_operations(self) -> None:
+        """The health socket (a listener like the others: bound before readiness), the
+        loop's heartbeat, the stall sweep and systemd's watchdog."""
+        run_dir = self.options.run_dir
+        for directory in (run_dir, run_dir / RUN_SUBDIRECTORY):
+            make_run_directory(directory, self.options.tracing_group)
+        path = self.options.health_socket or default_socket_path(run_dir, os.getpid())
+        loop = asyncio.get_running_loop()
+
+        def health_thread_failed() -> None:  # as lttng-relayd: the relay stops
+            with contextlib.suppress(RuntimeError):  # the loop is already gone
+                loop.call_soon_threadsafe(self.stop)
+
+        self.health_server = HealthServer(path, self.health,
+                                          tracing_group=self.options.tracing_group,
+                                          on_failure=health_thread_failed)
+        self.health_server.start()
+        self._beat()
+        self.sweeper.start()
+        watchdog = notify.watchdog_interval()
+        if watchdog is not None:
+            log.info("systemd watchdog: pinging every %g s", watchdog)
+            self._timers["watchdog"] = loop.call_later(watchdog, self._ping_watchdog, watchdog)
+
+    def _stop_operations(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self.sweeper.stop()
+        if self.health_server is not None:
+            self.health_server.stop()
+            self.health_server = None
+
+    def _beat(self) -> None:
+        """The loop's heartbeat for the health check; it also notices dead listeners."""
+        self.health.beat()
+        for name in self.health.check_listeners():
+            log.error("%s port: no longer listening; the health check reports it", name)
+            close = self._close_listener.pop(name, None)
+            if close is not None:
+                close()  # a dead listener would keep the loop busy
+        loop = asyncio.get_running_loop()
+        self._timers["heartbeat"] = loop.call_later(self.health.beat_interval, self._beat)
+
+    def _ping_watchdog(self, interval: float) -> None:
+        # From the loop: a stalled loop stops pinging, and systemd restarts the relay.
+        notify.notify(notify.WATCHDOG)
+        loop = asyncio.get_running_loop()
+        self._timers["watchdog"] = loop.call_later(interval, self._ping_watchdog, interval)
+
+    def _stallable_connections(self) -> Iterator[Stallable]:
+        for connection in self.connections:
+            if isinstance(connection, (ControlProtocol, DataProtocol)):
+                yield connection
+        if self.live is not None:
+            yield from self.live.connections
+
+    def _connection_fds(self) -> Iterator[tuple[Component, int]]:
+        """Peer sockets by component, for the health thread while the loop is stalled."""
+        for connection in list(self.connections):
+            transport = getattr(connection, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None:
+                yield Component.WORKER, sock.fileno()
+        if self.live is not None:
+            for viewer in list(self.live.connections):
+                yield Component.LIVE_WORKER, viewer.fd
+
+    async def _start_metrics(self, address: ListenAddress) -> None:
+        # Imported only when asked for: a relay without metrics never loads prometheus_client.
+        from pyrelayd.server.metrics import MetricsEndpoint
+
+        self.metrics = MetricsEndpoint(self)
+        self.ports["metrics"] = await self.metrics.start(address)
 
     def _live_listener(self, address: ListenAddress) -> socket.socket:
         family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
@@ -128,14 +238,22 @@ class RelayDaemon:
         self._stopping.set()
 
     async def serve(self, on_ready: ReadyCallback | None = None) -> None:
-        await self.start()
-        if on_ready is not None:
-            on_ready(dict(self.ports))
-        await self._stopping.wait()
-        await self.shutdown()
+        try:
+            await self.start()
+            if on_ready is not None:
+                on_ready(dict(self.ports))
+            notify.notify(notify.READY)
+            await self._stopping.wait()
+            await self.shutdown()
+        finally:
+            self._stop_operations()
 
     async def shutdown(self) -> None:
         log.info("shutting down")
+        notify.notify(notify.STOPPING)
+        self._stop_operations()
+        if self.metrics is not None:
+            self.metrics.close()
         for server in self.servers:
             server.close()
         if self.live is not None:
@@ -180,6 +298,8 @@ def run(options: RelaydOptions, on_ready: ReadyCallback | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, daemon.stop)
+        if options.log_file is not None:
+            loop.add_signal_handler(signal.SIGHUP, logs.reopen)  # logrotate
         try:
             await daemon.serve(on_ready)
         except OSError as error:

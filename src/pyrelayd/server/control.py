@@ -11,11 +11,13 @@ import asyncio
 import dataclasses
 import logging
 import struct
+import time
 import typing
 from collections.abc import Callable
 from typing import ClassVar
 
 from pyrelayd.model.chunk import ChunkError
+from pyrelayd.model.counters import ErrorKind, error_kind
 from pyrelayd.model.relay import Relay, RelayError
 from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.model.stream import RelayStream, StreamError
@@ -33,9 +35,12 @@ _DATA_PENDING_ERROR = wire.generic_reply(wire.UINT32_MAX)
 class Outcome:
     reply: bytes | None = None
     close: bool = False
+    # Counted in the relay's error metrics; closing without saying is a protocol error.
+    error: ErrorKind | None = None
 
 
 _CLOSE = Outcome(None, True)
+_OK = Outcome(wire.generic_reply(ReturnCode.OK))  # shared: the answer to most SEND_INDEX
 SessionCommand = Callable[["ControlHandler", RelaySession, bytes], Outcome]
 
 
@@ -50,10 +55,12 @@ class ControlHandler:
         self.minor = 0
         self.session: RelaySession | None = None
         self.failed = False
+        self.command = 0  # the one being handled, for messages
 
     # ----------------------------------------------------------------- entry points
 
     def handle(self, command: int, payload: bytes) -> Outcome:
+        self.command = command
         try:
             outcome = self._dispatch(command, payload)
         except wire.ProtocolError as error:
@@ -61,20 +68,29 @@ class ControlHandler:
             outcome = Outcome(error.reply, True)
         except OSError as error:
             log.error("%s: %s: I/O error: %s", self.name, _command_name(command), error)
-            outcome = _CLOSE
+            outcome = Outcome(None, True, ErrorKind.DISK)
         if outcome.close:
             self.failed = True
+        if outcome.close or outcome.error is not None:
+            self.relay.counters.count(outcome.error or ErrorKind.PROTOCOL)
         return outcome
 
     def metadata_stream(self, stream_id: int) -> RelayStream | None:
         """The metadata stream a SEND_METADATA may write to, None to close the connection."""
         if self.session is None:
+            log.warning("%s: SEND_METADATA refused: no session yet", self.name)
             return None
         stream = self.relay.find_stream(stream_id)
         if stream is None or stream.session is not self.session or not stream.is_metadata:
-            log.warning("%s: SEND_METADATA for unknown stream %d", self.name, stream_id)
+            log.warning("%s: SEND_METADATA refused: unknown metadata stream %d", self.name,
+                        stream_id)
             return None
         return stream
+
+    def _refuse(self, reason: str, outcome: Outcome = _CLOSE) -> Outcome:
+        """Log why the current command is refused; `outcome` answers it."""
+        log.warning("%s: %s refused: %s", self.name, _command_name(self.command), reason)
+        return outcome
 
     def connection_lost(self) -> None:
         session, self.session = self.session, None
@@ -109,7 +125,7 @@ class ControlHandler:
 
     def _version(self, payload: bytes) -> Outcome:
         if len(payload) < wire.Version.FORMAT.size:
-            return _CLOSE
+            return self._refuse(f"payload of {len(payload)} bytes is too short")
         peer = wire.Version.decode(payload)
         reply = wire.version_reply()
         self.version_checked = True
@@ -124,7 +140,7 @@ class ControlHandler:
 
     def _get_configuration(self, payload: bytes) -> Outcome:
         if len(payload) < wire.GetConfiguration.FORMAT.size:
-            return _CLOSE
+            return self._refuse(f"payload of {len(payload)} bytes is too short")
         query = wire.GetConfiguration.decode(payload)
         if query.query_flags:
             return Outcome(wire.get_configuration_reply(ReturnCode.INVALID_PROTOCOL, 0))
@@ -137,9 +153,10 @@ class ControlHandler:
         return wire.status_session_reply(session_id, code)
 
     def _create_session(self, payload: bytes) -> Outcome:
-        fatal = Outcome(self._create_session_reply(0, ReturnCode.FATAL, None))
+        fatal = Outcome(self._create_session_reply(0, ReturnCode.FATAL, None),
+                        error=ErrorKind.PROTOCOL)
         if not self.version_checked:
-            return _CLOSE
+            return self._refuse("no VERSION yet")
         if self.session is not None:
             log.warning("%s: CREATE_SESSION on a connection that already has one", self.name)
             return fatal
@@ -171,11 +188,14 @@ class ControlHandler:
             session = self.relay.create_session(info, request.current_chunk_id)
         except (UnsafeNameError, ChunkError, OSError) as error:
             log.warning("%s: CREATE_SESSION refused: %s", self.name, error)
-            return fatal
+            return dataclasses.replace(fatal, error=error_kind(error))
         self.session = session
-        log.info("%s: session %d (%s/%s) uses protocol 2.%d, trace format %s", self.name,
-                 session.id, session.hostname, session.name, self.minor,
-                 session.trace_format.label)
+        self.name = f"{self.name} [{session.hostname}/{session.name}]"
+        log.info("%s: session %d created in %s (protocol 2.%d, trace format %s%s%s)",
+                 self.name, session.id, session.directory, self.minor,
+                 session.trace_format.label,
+                 f", live timer {session.live_timer} us" if session.live_timer else "",
+                 ", snapshot" if session.snapshot else "")
         return Outcome(self._create_session_reply(session.id, ReturnCode.OK, session.output_path))
 
     # ----------------------------------------------------------------- session commands
@@ -197,10 +217,12 @@ class ControlHandler:
                                            request.tracefile_size, request.tracefile_count)
         except UnsafeNameError as error:
             log.warning("%s: ADD_STREAM refused: %s", self.name, error)
-            return Outcome(wire.status_stream_reply(UINT64_MAX, ReturnCode.UNK))
+            return Outcome(wire.status_stream_reply(UINT64_MAX, ReturnCode.UNK),
+                           error=ErrorKind.PATH_REFUSED)
         except RelayError as error:
             log.warning("%s: ADD_STREAM refused: %s", self.name, error)
-            return Outcome(wire.status_stream_reply(error.code, ReturnCode.UNK))
+            return Outcome(wire.status_stream_reply(error.code, ReturnCode.UNK),
+                           error=error_kind(error))
         log.debug("%s: stream %d %s/%s", self.name, stream.handle, stream.path_name,
                   stream.channel_name)
         return Outcome(wire.status_stream_reply(stream.handle, ReturnCode.OK))
@@ -213,7 +235,8 @@ class ControlHandler:
         request = wire.CloseStream.decode(payload)
         stream = self._stream_of(session, request.stream_id)
         if stream is None:
-            return Outcome(wire.generic_reply(ReturnCode.UNK), True)
+            return self._refuse(f"unknown stream {request.stream_id}",
+                                Outcome(wire.generic_reply(ReturnCode.UNK), True))
         stream.request_close(request.last_net_seq_num)
         return Outcome(wire.generic_reply(ReturnCode.OK))
 
@@ -221,7 +244,8 @@ class ControlHandler:
         request = wire.DataPending.decode(payload)
         stream = self._stream_of(session, request.stream_id)
         if stream is None:
-            return Outcome(_DATA_PENDING_ERROR, True)
+            return self._refuse(f"unknown stream {request.stream_id}",
+                                Outcome(_DATA_PENDING_ERROR, True))
         return Outcome(wire.generic_reply(int(stream.data_pending(request.last_net_seq_num))))
 
     def _quiescent_control(self, session: RelaySession, payload: bytes) -> Outcome:
@@ -251,19 +275,22 @@ class ControlHandler:
         request = wire.SendIndex.decode(payload, self.minor)
         stream = self._stream_of(session, request.relay_stream_id)
         if stream is None or stream.is_metadata:
-            return Outcome(wire.generic_reply(ReturnCode.UNK), True)
+            return self._refuse(f"unknown data stream {request.relay_stream_id}",
+                                Outcome(wire.generic_reply(ReturnCode.UNK), True))
         try:
             stream.add_index(request)
         except StreamError as error:
             log.warning("%s: SEND_INDEX: %s", self.name, error)
             return Outcome(wire.generic_reply(ReturnCode.UNK), True)
-        return Outcome(wire.generic_reply(ReturnCode.OK))
+        return _OK
 
     def _reset_metadata(self, session: RelaySession, payload: bytes) -> Outcome:
         request = wire.ResetMetadata.decode(payload)
         stream = self._stream_of(session, request.stream_id)
         if session.live_timer or stream is None or not stream.is_metadata:
-            return Outcome(wire.generic_reply(ReturnCode.UNK), True)
+            reason = ("not allowed in a live session" if session.live_timer
+                      else f"unknown metadata stream {request.stream_id}")
+            return self._refuse(reason, Outcome(wire.generic_reply(ReturnCode.UNK), True))
         try:
             stream.reset_metadata()
         except StreamError as error:
@@ -273,51 +300,60 @@ class ControlHandler:
 
     def _rotate_streams(self, session: RelaySession, payload: bytes) -> Outcome:
         if self.minor < 11:
-            return _CLOSE
+            return self._refuse(f"not in protocol 2.{self.minor}")
         request = wire.RotateStreams.decode(payload)
         next_chunk = None
         if request.new_chunk_id is not None:
             next_chunk = self.relay.chunks.find(session.registry_key, request.new_chunk_id)
             if next_chunk is None:
-                return Outcome(wire.generic_reply(ReturnCode.INVALID_PROTOCOL), True)
+                return self._refuse(
+                    f"unknown trace chunk {request.new_chunk_id}",
+                    Outcome(wire.generic_reply(ReturnCode.INVALID_PROTOCOL), True))
         for entry in request.streams:
             stream = self._stream_of(session, entry.stream_id)
             if stream is None:
-                return Outcome(wire.generic_reply(ReturnCode.INVALID), True)
+                return self._refuse(f"unknown stream {entry.stream_id}",
+                                    Outcome(wire.generic_reply(ReturnCode.INVALID), True))
             try:
                 stream.set_pending_rotation(next_chunk, entry.rotate_at_seq_num)
             except StreamError as error:
                 log.warning("%s: ROTATE_STREAMS: %s", self.name, error)
                 return Outcome(wire.generic_reply(ReturnCode.FILE_CREATION_ERROR), True)
+        log.info("%s: rotating %d streams to %s", self.name, len(request.streams),
+                 f"trace chunk {request.new_chunk_id}" if next_chunk is not None else "no chunk")
         return Outcome(wire.generic_reply(ReturnCode.OK))
 
     def _create_trace_chunk(self, session: RelaySession, payload: bytes) -> Outcome:
         if self.minor < 11:
-            return _CLOSE
+            return self._refuse(f"not in protocol 2.{self.minor}")
         try:
             request = wire.CreateTraceChunk.decode(payload)
             self.relay.create_trace_chunk(session, request.chunk_id, request.creation_timestamp,
                                           request.override_name)
         except (wire.ProtocolError, UnsafeNameError) as error:
             log.warning("%s: CREATE_TRACE_CHUNK refused: %s", self.name, error)
-            return Outcome(wire.generic_reply(ReturnCode.INVALID), True)
+            return Outcome(wire.generic_reply(ReturnCode.INVALID), True, error_kind(error))
         except ChunkError as error:
             log.warning("%s: CREATE_TRACE_CHUNK refused: %s", self.name, error)
             return Outcome(wire.generic_reply(ReturnCode.INVALID_PROTOCOL), True)
         except OSError as error:
             log.error("%s: CREATE_TRACE_CHUNK failed: %s", self.name, error)
-            return Outcome(wire.generic_reply(ReturnCode.UNK), True)
+            return Outcome(wire.generic_reply(ReturnCode.UNK), True, ErrorKind.DISK)
+        log.info("%s: trace chunk %d created%s", self.name, request.chunk_id,
+                 f" as {request.override_name}" if request.override_name else "")
         return Outcome(wire.generic_reply(ReturnCode.OK))
 
     def _close_trace_chunk(self, session: RelaySession, payload: bytes) -> Outcome:
         if self.minor < 11:
-            return _CLOSE
+            return self._refuse(f"not in protocol 2.{self.minor}")
         request = wire.CloseTraceChunk.decode(payload)
         try:
             command = (wire.CloseCommand(request.close_command)
                        if request.close_command is not None else None)
         except ValueError:
-            return Outcome(wire.close_trace_chunk_reply(ReturnCode.INVALID, None), True)
+            return self._refuse(
+                f"unknown close command {request.close_command}",
+                Outcome(wire.close_trace_chunk_reply(ReturnCode.INVALID, None), True))
         try:
             path = self.relay.close_trace_chunk(session, request.chunk_id,
                                                 request.close_timestamp, command)
@@ -326,17 +362,21 @@ class ControlHandler:
             return Outcome(wire.close_trace_chunk_reply(error.code, None), True)
         except (ChunkError, OSError) as error:
             log.error("%s: CLOSE_TRACE_CHUNK failed: %s", self.name, error)
-            return Outcome(wire.close_trace_chunk_reply(ReturnCode.UNK, None), True)
+            return Outcome(wire.close_trace_chunk_reply(ReturnCode.UNK, None), True,
+                           error_kind(error))
+        log.info("%s: trace chunk %d closed (%s): %s", self.name, request.chunk_id,
+                 command.name.lower() if command is not None else "no command", path)
         return Outcome(wire.close_trace_chunk_reply(ReturnCode.OK, path))
 
     def _trace_chunk_exists(self, session: RelaySession, payload: bytes) -> Outcome:
         if self.minor < 11:
-            return _CLOSE
+            return self._refuse(f"not in protocol 2.{self.minor}")
         request = wire.TraceChunkExists.decode(payload)
         try:
             exists = self.relay.trace_chunk_exists(session, request.chunk_id)
         except RelayError as error:
-            return Outcome(wire.trace_chunk_exists_reply(error.code, False), True)
+            return self._refuse(str(error),
+                                Outcome(wire.trace_chunk_exists_reply(error.code, False), True))
         return Outcome(wire.trace_chunk_exists_reply(ReturnCode.OK, exists))
 
     _SESSION_COMMANDS: ClassVar[dict[int, SessionCommand]] = {
@@ -382,6 +422,11 @@ class ControlProtocol(asyncio.Protocol):
         self.metadata_left = 0  # metadata bytes still to write for the current request
         self.discard_left = 0  # payload bytes to drop after the part we keep
         self.replies: list[bytes] = []
+        # For the stall sweep (server/timeouts.py): when bytes last came in, whether any
+        # ever did, and since when the peer has not been reading our replies.
+        self.last_progress = time.monotonic()
+        self.received_any = False
+        self.replies_stuck_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
@@ -408,13 +453,43 @@ class ControlProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def stalled_since(self) -> float | None:
+        if self.replies_stuck_since is not None:
+            return self.replies_stuck_since
+        if (not self.received_any or self.header is not None or self.buffer
+                or self.metadata_left or self.discard_left):
+            return self.last_progress
+        return None
+
+    def drop_stalled(self, waited: float) -> None:
+        what = ("not reading replies" if self.replies_stuck_since is not None
+                else "no first message" if not self.received_any
+                else "stopped in the middle of a message")
+        log.warning("%s: dropped: %s for %.0f s", self.handler.name, what, waited)
+        self.abort()
+
+    def pause_writing(self) -> None:
+        # The peer does not read its replies: stop reading its requests until it does.
+        self.replies_stuck_since = time.monotonic()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.replies_stuck_since = None
+        self.last_progress = time.monotonic()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
+        self.last_progress = time.monotonic()
+        self.received_any = True
         self.buffer += data
         try:
             with self.relay.fd_pool.batch():  # the index records of this read: one write
                 self._process()
         except OSError as error:
             log.error("%s: cannot write: %s", self.handler.name, error)
+            self.relay.counters.count(ErrorKind.DISK)
             self.abort()
         except Exception:
             log.exception("%s: internal error", self.handler.name)
@@ -458,6 +533,7 @@ class ControlProtocol(asyncio.Protocol):
                 if header.data_size > wire.MAX_CONTROL_PAYLOAD:
                     log.warning("%s: payload of %d bytes refused", self.handler.name,
                                 header.data_size)
+                    self.relay.counters.count(ErrorKind.PROTOCOL)
                     self.abort()
                     return
                 self.header = header
@@ -482,14 +558,13 @@ class ControlProtocol(asyncio.Protocol):
                 return
 
     def _payload_limit(self, command: int) -> int:
-        try:
-            return wire.MAX_REQUEST_PAYLOAD.get(Command(command), 0)
-        except ValueError:
-            return 0
+        return wire.MAX_REQUEST_PAYLOAD.get(command, 0)  # unknown commands: 0
 
     def _start_metadata(self, header: wire.ControlHeader) -> bool:
         fixed = wire.SendMetadataHeader.FORMAT.size
         if header.data_size < fixed:
+            log.warning("%s: SEND_METADATA refused: payload of %d bytes is too short",
+                        self.handler.name, header.data_size)
             self.abort()
             return False
         if len(self.buffer) < fixed:
@@ -497,7 +572,11 @@ class ControlProtocol(asyncio.Protocol):
         stream_id, padding = struct.unpack_from(">QI", self.buffer)
         del self.buffer[:fixed]
         stream = self.handler.metadata_stream(stream_id)
+        if stream is not None and stream.data_file is None:
+            log.warning("%s: SEND_METADATA refused: %s has no open file", self.handler.name,
+                        stream)
         if stream is None or stream.data_file is None:
+            self.relay.counters.count(ErrorKind.PROTOCOL)
             self.abort()
             return False
         self.metadata = stream
@@ -517,4 +596,5 @@ class ControlProtocol(asyncio.Protocol):
             stream.end_metadata(length, self.metadata_padding)
         except StreamError as error:
             log.warning("%s: SEND_METADATA: %s", self.handler.name, error)
+            self.relay.counters.count(ErrorKind.PROTOCOL)
             self.abort()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import typing
 
 from pyrelayd.model.relay import Relay
@@ -36,6 +37,7 @@ class DataProtocol(asyncio.BufferedProtocol):
         self.header: wire.DataHeader | None = None
         self.payload_left = 0
         self.failed = False
+        self.last_progress = time.monotonic()  # when bytes last came in (stall sweep)
 
     # ----------------------------------------------------------------- asyncio
 
@@ -54,12 +56,14 @@ class DataProtocol(asyncio.BufferedProtocol):
         return _shared_buffer[kept:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_progress = time.monotonic()
         try:
             # Appends point into the shared buffer: the batch writes them before the next read.
             with self.relay.fd_pool.batch():
                 self._consume(_shared_buffer, len(self.partial_header) + nbytes)
         except (StreamError, wire.ProtocolError, OSError) as error:
             log.warning("%s: %s", self.name, error)
+            self.relay.counters.count_error(error)
             self.abort()
         except Exception:
             log.exception("%s: internal error", self.name)
@@ -67,6 +71,18 @@ class DataProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    def stalled_since(self) -> float | None:
+        # Only in the middle of a packet: a data connection may wait long for its first one
+        # (a session created, not started) and between two (nothing traced).
+        if self.header is not None or self.partial_header:
+            return self.last_progress
+        return None
+
+    def drop_stalled(self, waited: float) -> None:
+        log.warning("%s: dropped: stopped in the middle of a packet for %.0f s", self.name,
+                    waited)
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -125,6 +141,7 @@ class DataProtocol(asyncio.BufferedProtocol):
             # The first packet binds this connection to its session: losing the connection
             # then closes the session's streams, as losing the control connection does.
             self.session = stream.session.get()
+            self.name = f"{self.name} [{self.session.hostname}/{self.session.name}]"
         elif stream.session is not self.session:
             raise StreamError(f"stream {header.stream_id} belongs to another session")
         stream.begin_packet(header.data_size)

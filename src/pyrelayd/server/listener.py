@@ -46,7 +46,12 @@ class Acceptor:
                     return
                 if error.errno in (errno.ECONNABORTED, errno.EPERM):
                     continue
-                raise
+                # The listening socket itself failed (e.g. destroyed by `ss -K`): stop
+                # watching it rather than spin on it; the health check reports it.
+                log.error("%s port: the listener failed: %s; no more connections are "
+                          "accepted on it", self.name, error)
+                self.close()
+                return
             self.on_accept(sock, address)
 
     def _pause(self) -> None:

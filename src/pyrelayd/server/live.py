@@ -17,7 +17,9 @@ import errno
 import logging
 import os
 import socket
+import time
 
+from pyrelayd.logs import TRACE
 from pyrelayd.model.relay import Relay
 from pyrelayd.model.viewer import PacketRange, ViewerSession, ViewerStream, listed_sessions
 from pyrelayd.protocol import viewer as wire
@@ -40,6 +42,10 @@ class ViewerGone(Exception):
     """The viewer closed its connection or broke the protocol: close it, quietly."""
 
 
+class ViewerRefused(ViewerGone):
+    """The viewer sent what the relay refuses: close it, saying why."""
+
+
 def _stream_info(viewer_stream: ViewerStream) -> wire.StreamInfo:
     stream = viewer_stream.stream
     return wire.StreamInfo(stream.handle, stream.trace.id, stream.is_metadata, stream.path_name,
@@ -49,16 +55,20 @@ def _stream_info(viewer_stream: ViewerStream) -> wire.StreamInfo:
 class LiveConnection:
     """One viewer connection: input buffer, pending output, and its viewer session."""
 
-    def __init__(self, server: LiveServer, sock: socket.socket, name: str) -> None:
+    def __init__(self, server: LiveServer, sock: socket.socket, name: str,
+                 peer: str = "") -> None:
         self.server = server
         self.relay = server.relay
         self.loop = server.loop
         self.sock = sock
         self.fd = sock.fileno()
         self.name = name
+        self.peer = peer  # "HOST:PORT", for /status
+        self.sent_bytes = 0  # for metrics
         self.input = bytearray(_INPUT_BUFFER_SIZE)
         self.input_view = memoryview(self.input)
         self.input_length = 0
+        self.last_progress = time.monotonic()  # bytes last received or sent (stall sweep)
         self.output: collections.deque[Output] = collections.deque()
         self.close_when_sent = False
         self.closed = False
@@ -109,10 +119,26 @@ class LiveConnection:
             self.close("connection closed by the viewer")
             return
         self.input_length += count
+        self.last_progress = time.monotonic()
         self._serve()
 
     def _writable(self) -> None:
+        self.last_progress = time.monotonic()
         self._serve()
+
+    def stalled_since(self) -> float | None:
+        # A viewer waits without limit between requests, never with a request half sent,
+        # a reply it does not read, or before its CONNECT.
+        if self.output or self.input_length or not self.connected:
+            return self.last_progress
+        return None
+
+    def drop_stalled(self, waited: float) -> None:
+        what = ("not reading its reply" if self.output
+                else "no CONNECT" if not self.connected and not self.input_length
+                else "stopped in the middle of a request")
+        log.warning("%s: dropped: %s for %.0f s", self.name, what, waited)
+        self.close("stalled")
 
     def _serve(self) -> None:
         """Send what is pending, then answer buffered requests while replies leave at once."""
@@ -121,10 +147,14 @@ class LiveConnection:
                 if not self._next_request():
                     break
         except ViewerGone as reason:
+            if isinstance(reason, ViewerRefused):
+                log.warning("%s: refused: %s", self.name, reason)
+                self.relay.counters.count_error(reason)
             self.close(str(reason))
             return
         except wire.ProtocolError as error:
             log.warning("%s: %s", self.name, error)
+            self.relay.counters.count_error(error)
             if error.reply:
                 self.output.append(error.reply)
             self.close_when_sent = True
@@ -159,6 +189,7 @@ class LiveConnection:
                 if sent == 0:
                     # The file shrank under us: the viewer was promised `length` bytes.
                     raise ViewerGone("data file truncated while sending a packet")
+                self.sent_bytes += sent
                 if sent < item.length:
                     output[0] = PacketRange(item.fd, item.offset + sent, item.length - sent)
                     continue
@@ -171,6 +202,7 @@ class LiveConnection:
                     return False
                 except OSError as error:
                     raise ViewerGone(str(error)) from error
+                self.sent_bytes += sent
                 if sent < len(item):
                     output[0] = item[sent:]
                     continue
@@ -198,7 +230,7 @@ class LiveConnection:
         self.input[: length - end] = self.input[end:length]
         self.input_length = length - end
         if not self.connected and not isinstance(request, wire.Connect):
-            raise ViewerGone(f"{Command(command).name} before CONNECT")
+            raise ViewerRefused(f"{Command(command).name} before CONNECT")
         self._answer(request)
         return True
 
@@ -228,10 +260,10 @@ class LiveConnection:
     def _connect(self, request: wire.Connect) -> bytes:
         self.connected = True
         if request.major != wire.VERSION_MAJOR:
-            raise ViewerGone(f"viewer protocol major {request.major}")
+            raise ViewerRefused(f"viewer protocol major {request.major}")
         if request.connection_type not in (wire.ConnectionType.COMMAND,
                                            wire.ConnectionType.NOTIFICATION):
-            raise ViewerGone(f"viewer connection type {request.connection_type}")
+            raise ViewerRefused(f"viewer connection type {request.connection_type}")
         self.minor = wire.negotiated_minor(request.minor, wire.RELAY_VERSION_MINOR)
         viewer_id = (self.relay.next_viewer_id()
                      if request.connection_type == wire.ConnectionType.COMMAND else 0)
@@ -249,7 +281,7 @@ class LiveConnection:
         except ValueError as error:
             # A hostname of 64 bytes or more has no place in the 2.4 layout: as lttng-relayd,
             # close the connection without a reply.
-            raise ViewerGone(f"LIST_SESSIONS: {error}") from None
+            raise ViewerRefused(f"LIST_SESSIONS: {error}") from None
 
     def _create_session(self) -> bytes:
         if self.viewer is not None:
@@ -264,20 +296,32 @@ class LiveConnection:
             status, streams = self.viewer.attach(request.session_id, request.seek, self.minor)
             reply = wire.AttachSessionReply(status,
                                             tuple(_stream_info(vs) for vs in streams))
-            log.info("%s: attach session %d: %s, %d streams", self.name, request.session_id,
+            session = self.relay.sessions.get(request.session_id)
+            log.info("%s: attach session %d%s: %s, %d streams", self.name, request.session_id,
+                     f" [{session.hostname}/{session.name}]" if session is not None else "",
                      reply.status.name, len(streams))
         return reply.encode()
 
+    def _refused(self, request: str, reason: str) -> None:
+        """A request answered with an error status (the viewer stays connected)."""
+        log.info("%s: %s refused: %s", self.name, request, reason)
+
     def _new_streams(self, request: wire.GetNewStreams) -> bytes:
         if self.viewer is None:
+            self._refused("GET_NEW_STREAMS", "no viewer session (CREATE_SESSION first)")
             return wire.NewStreamsReply(wire.NewStreamsStatus.ERR).encode()
         status, streams = self.viewer.get_new_streams(request.session_id)
+        if status is wire.NewStreamsStatus.ERR:
+            self._refused("GET_NEW_STREAMS", f"session {request.session_id} is not attached")
         return wire.NewStreamsReply(status, tuple(_stream_info(vs) for vs in streams)).encode()
 
     def _next_index(self, request: wire.GetNextIndex) -> bytes:
         if self.viewer is None:
+            self._refused("GET_NEXT_INDEX", "no viewer session (CREATE_SESSION first)")
             return wire.IndexReply(wire.IndexStatus.ERR).encode()
         result = self.viewer.get_next_index(request.stream_id)
+        if result.status is wire.IndexStatus.ERR:
+            self._refused("GET_NEXT_INDEX", f"stream {request.stream_id} cannot be read")
         index = result.index
         if index is None:
             reply = wire.IndexReply(result.status, result.flags)
@@ -287,9 +331,9 @@ class LiveConnection:
                 index.content_size, index.timestamp_begin, index.timestamp_end,
                 index.events_discarded, index.stream_id,
             )
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: GET_NEXT_INDEX %d: %s %s", self.name, request.stream_id,
-                      reply.status.name, reply.flags)
+        if log.isEnabledFor(TRACE):
+            log.log(TRACE, "%s: GET_NEXT_INDEX %d: %s %s", self.name, request.stream_id,
+                    reply.status.name, reply.flags)
         return reply.encode()
 
     def _packet(self, request: wire.GetPacket) -> None:
@@ -297,6 +341,8 @@ class LiveConnection:
         if self.viewer is not None and 0 < request.length <= wire.MAX_PACKET_REQUEST:
             packet = self.viewer.get_packet(request.stream_id, request.offset, request.length)
         if packet is None:
+            self._refused("GET_PACKET", f"stream {request.stream_id}, offset {request.offset}, "
+                          f"length {request.length}: no such data")
             self.output.append(wire.PacketReply(wire.PacketStatus.ERR).encode())
             return
         self.output.append(_PACKET_HEADER.pack(wire.PacketStatus.OK, packet.length, 0))
@@ -304,14 +350,20 @@ class LiveConnection:
 
     def _metadata(self, request: wire.GetMetadata) -> bytes:
         if self.viewer is None:
+            self._refused("GET_METADATA", "no viewer session (CREATE_SESSION first)")
             return wire.MetadataReply(wire.MetadataStatus.ERR).encode()
         status, data = self.viewer.get_metadata(request.stream_id)
+        if status is wire.MetadataStatus.ERR:
+            self._refused("GET_METADATA", f"stream {request.stream_id} is no metadata stream "
+                          "of an attached session")
         return wire.MetadataReply(status, data).encode()
 
     def _detach(self, request: wire.DetachSession) -> bytes:
         if self.viewer is None:
             return wire.DetachSessionReply(wire.DetachStatus.ERR).encode()
-        return wire.DetachSessionReply(self.viewer.detach(request.session_id)).encode()
+        status = self.viewer.detach(request.session_id)
+        log.info("%s: detach session %d: %s", self.name, request.session_id, status.name)
+        return wire.DetachSessionReply(status).encode()
 
     # ----------------------------------------------------------------- end
 
@@ -330,6 +382,7 @@ class LiveConnection:
             self.viewer.close()
             self.viewer = None
         self.relay.fd_pool.unhold()
+        self.relay.counters.viewer_sent_bytes += self.sent_bytes
         with contextlib.suppress(OSError):
             self.sock.close()
         self.server.connections.discard(self)
@@ -349,9 +402,11 @@ class LiveServer:
 
     def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self.relay.fd_pool.hold()
+        self.relay.counters.connections_accepted["live"] += 1
         name = f"viewer {address[0]}:{address[1]}"
         log.info("%s: connected", name)
-        connection = LiveConnection(self, sock, name)
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        connection = LiveConnection(self, sock, name, f"{host}:{address[1]}")
         self.connections.add(connection)
         connection.start()
 
