@@ -26,15 +26,32 @@ def write_chart(path: Path, ingest: list[IngestResult], live: list[LiveResult],
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
     figure, axes = plt.subplots(2, 2, figsize=(13, 9))
-    _ingest(axes[0][0], ingest, "MB/s", lambda r: r.producer.mb_per_s)
-    _ingest(axes[0][1], ingest, "relay CPU s per GiB", lambda r: r.cpu_s_per_gib)
-    _live(axes[1][0], live)
-    _memory(axes[1][1], many, idle)
+    # A panel whose benchmarks did not run (`bench/run.py --only`) says so instead.
+    if ingest:
+        _ingest(axes[0][0], ingest, "MB/s", lambda r: r.producer.mb_per_s)
+        _ingest(axes[0][1], ingest, "relay CPU s per GiB", lambda r: r.cpu_s_per_gib)
+    else:
+        _not_run(axes[0][0], "1. Ingest")
+        _not_run(axes[0][1], "1. Ingest")
+    if live:
+        _live(axes[1][0], live)
+    else:
+        _not_run(axes[1][0], "4. Live")
+    if many or idle:
+        _memory(axes[1][1], many, idle)
+    else:
+        _not_run(axes[1][1], "Relay memory (3. many, 5. idle)")
     figure.suptitle("pyrelayd vs lttng-relayd 2.13 (same run, same inputs)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return None
+
+
+def _not_run(ax: Any, title: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
 
 
 def _bars(ax: Any, labels: list[str], series: dict[str, list[float]]) -> None:
@@ -98,6 +115,9 @@ def _memory(ax: Any, many: list[ManyResult], idle: list[IdleResult]) -> None:
             series[kind].append(next((r.rss_kib / 1024 for r in idle if r.relay == kind
                                       and r.label == result.label and not r.failure), 0.0))
     _bars(ax, labels, series)
+    if not any(value > 0 for values in series.values() for value in values):
+        ax.set_title("Relay memory, MiB (no measurement)")
+        return
     ax.set_title("Relay memory, MiB (log scale)")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))

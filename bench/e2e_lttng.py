@@ -12,7 +12,7 @@ Part of `python bench/run.py`; also runs alone:
     python bench/e2e_lttng.py --smoke                              # seconds, for CI
 
 Needs root and the Debian LTTng packages (scripts/install --test). The session daemon runs in
-a private mount namespace (tests/integration/lttng_env.py); relays are not pinned to a CPU
+a private mount namespace (`pyrelayd_testkit.lttng`); relays are not pinned to a CPU
 here, since the application and the consumer daemon need both CPUs too.
 """
 
@@ -27,13 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
+if __package__ in (None, ""):  # run as a script: make `bench` and `pyrelayd_testkit` importable
     sys.path[:0] = [str(Path(__file__).resolve().parent.parent),
                     str(Path(__file__).resolve().parent.parent / "src")]
 
 from bench.relays import RELAY_KINDS, RELAY_NAMES, cpu_seconds
 from bench.report import Section, Table, median_by, number, ratio
-from tests.integration import lttng_env
+from pyrelayd_testkit import lttng, relays
 
 DEFAULT_EVENTS = 1_000_000
 FULL_EVENTS = 5_000_000
@@ -72,19 +72,19 @@ def tree_size(root: Path) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
 
 
-def discarded_events(sessiond: lttng_env.SessionDaemon, session: str) -> int:
+def discarded_events(sessiond: lttng.SessionDaemon, session: str) -> int:
     listing = sessiond.lttng("list", session).stdout
     return sum(int(n) for n in re.findall(r"[Dd]iscarded events:\s*(\d+)", listing))
 
 
-def run_one(kind: lttng_env.RelayKind, live: bool, config: E2EConfig,
-            sessiond: lttng_env.SessionDaemon, apps: lttng_env.TracedApps,
+def run_one(kind: relays.RelayKind, live: bool, config: E2EConfig,
+            sessiond: lttng.SessionDaemon, apps: lttng.TracedApps,
             workdir: Path) -> E2EResult:
     mode = "live" if live else "non-live"
-    relay = lttng_env.start_relay(kind, workdir / f"{kind}-{mode}")
+    relay = relays.start_relay(kind, workdir / f"{kind}-{mode}")
     name = f"bench-{kind}-{mode}"
     try:
-        session = lttng_env.Session.create(sessiond, name, relay,
+        session = lttng.Session.create(sessiond, name, relay,
                                            live_timer_us=config.live_timer_us if live else None)
         session.lttng("enable-channel", f"--session={name}", "--userspace",
                       f"--subbuf-size={config.subbuf_size}", f"--num-subbuf={config.num_subbuf}",
@@ -96,9 +96,9 @@ def run_one(kind: lttng_env.RelayKind, live: bool, config: E2EConfig,
         start = time.monotonic()
         process = sessiond.popen(
             apps.c_app_argv(config.events, payload_bytes=config.payload),
-            env={**lttng_env.APP_ENVIRONMENT, "LTTNG_UST_ALLOW_BLOCKING": "1"},
+            env={**lttng.APP_ENVIRONMENT, "LTTNG_UST_ALLOW_BLOCKING": "1"},
         )
-        lttng_env.TracedApps.finish(process, timeout=3600)
+        lttng.TracedApps.finish(process, timeout=3600)
         session.stop()
         wall = time.monotonic() - start
         cpu = cpu_seconds(relay.pid) - before
@@ -114,15 +114,15 @@ def run_one(kind: lttng_env.RelayKind, live: bool, config: E2EConfig,
 
 def run_e2e(config: E2EConfig, workdir: Path) -> tuple[Section, list[E2EResult]]:
     section = Section("2. End to end with real LTTng", _description(config))
-    reason = lttng_env.host_has_lttng()
+    reason = lttng.host_has_lttng()
     if reason is not None:
         section.skipped = reason
         return section, []
     workdir = Path(tempfile.mkdtemp(prefix="e2e-", dir=workdir))
-    sessiond = lttng_env.SessionDaemon.start(workdir / "sessiond")
+    sessiond = lttng.SessionDaemon.start(workdir / "sessiond")
     results: list[E2EResult] = []
     try:
-        apps = lttng_env.TracedApps(sessiond, lttng_env.build_c_app(workdir / "app"))
+        apps = lttng.TracedApps(sessiond, lttng.build_c_app(workdir / "app"))
         for mode in config.modes:
             runs: dict[str, list[E2EResult]] = {kind: [] for kind in RELAY_KINDS}
             for attempt in range(config.repeat):

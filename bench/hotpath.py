@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `tests` importable (pyrelayd: installed)
+if __package__ in (None, ""):  # as a script: make `pyrelayd_testkit` importable
     sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
 from pyrelayd.model.relay import Relay, RelaySettings
@@ -34,7 +34,7 @@ from pyrelayd.protocol import relayd as wire
 from pyrelayd.protocol.relayd import Command
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
-from tests.unit.fakes import FakeTransport
+from pyrelayd_testkit.fakes import FakeTransport
 
 STREAMS = 4
 STREAM_PATH = "ust/uid/0/64-bit"

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.children import ChildProcess
-from bench.relays import RELAY_KINDS, RELAY_NAMES, RelayKind, RelayProcess, start_relay
+from bench.relays import RELAY_KINDS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import GIB, Section, Table, median_by, number, ratio, size_label, spread
 from bench.synthetic import ProducerPlan, ProducerResult, run_producer, verify_output
 
@@ -52,7 +52,7 @@ class IngestResult:
         return 100 * self.producer.cpu_s / self.producer.wall_s
 
 
-def _ingest_once(relay: RelayProcess, output: str, size: int, config: IngestConfig,
+def _ingest_once(relay: Relay, output: str, size: int, config: IngestConfig,
                  problems: list[str]) -> IngestResult:
     plan = ProducerPlan(relay.control_port, relay.data_port, f"ingest-{size}", 1,
                         config.streams, size, max(1, config.total_bytes // (config.streams * size)))

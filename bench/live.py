@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.children import ChildProcess
-from bench.relays import RELAY_KINDS, RELAY_NAMES, RelayKind, RelayProcess, start_relay
+from bench.relays import RELAY_KINDS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import MIB, Section, Table, median_by, number, ratio, size_label, spread
 from bench.synthetic import ProducerPlan, ProducerResult, run_producer
 from bench.viewers import ViewerStats, run_viewers
@@ -81,7 +81,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _record(relay: RelayProcess, plan: ProducerPlan, viewers_per_session: int,
+def _record(relay: Relay, plan: ProducerPlan, viewers_per_session: int,
             timeout_s: float) -> tuple[ProducerResult, list[ViewerStats], float, float]:
     """One recording with `viewers_per_session` viewers on each session (0: none)."""
     producer = ChildProcess(run_producer, plan, name=f"producer {relay.kind}")
@@ -112,7 +112,7 @@ def _record(relay: RelayProcess, plan: ProducerPlan, viewers_per_session: int,
             viewers.stop()
 
 
-def _measure(relay: RelayProcess, config: LiveConfig, viewers: int, sessions: int,
+def _measure(relay: Relay, config: LiveConfig, viewers: int, sessions: int,
              tag: str) -> LiveResult:
     packets = max(1, config.total_bytes // (sessions * config.streams * config.packet_size))
 

@@ -25,12 +25,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.integration import lttng_env  # noqa: E402
+from pyrelayd_testkit import lttng, processes, relays  # noqa: E402
 
 TIMESTAMP = re.compile(r"^\[(\d+\.\d+)\]")
 
 
-def follow(relay: lttng_env.Relay, session: str, arrivals: list[tuple[float, float]],
+def follow(relay: relays.Relay, session: str, arrivals: list[tuple[float, float]],
            ready: threading.Event) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         ["stdbuf", "-oL", "babeltrace2", "--clock-seconds", "-i", "lttng-live",
@@ -51,25 +51,25 @@ def follow(relay: lttng_env.Relay, session: str, arrivals: list[tuple[float, flo
     return process
 
 
-def measure(kind: lttng_env.RelayKind, args: argparse.Namespace,
-            sessiond: lttng_env.SessionDaemon, apps: lttng_env.TracedApps,
+def measure(kind: relays.RelayKind, args: argparse.Namespace,
+            sessiond: lttng.SessionDaemon, apps: lttng.TracedApps,
             workdir: Path) -> list[float]:
-    relay = lttng_env.start_relay(kind, workdir / kind)
+    relay = relays.start_relay(kind, workdir / kind)
     name = f"delay-{kind}"
     arrivals: list[tuple[float, float]] = []
     done = threading.Event()
     viewer = None
     try:
-        session = lttng_env.Session.create(sessiond, name, relay, live_timer_us=args.live_timer)
+        session = lttng.Session.create(sessiond, name, relay, live_timer_us=args.live_timer)
         session.enable_events()
         session.start()
         relay.wait_live_port()
         viewer = follow(relay, name, arrivals, done)
-        lttng_env.wait_until(
-            lambda: any(s.clients for s in lttng_env.list_live_sessions(relay.live_port)),
+        processes.wait_until(
+            lambda: any(s.clients for s in lttng.list_live_sessions(relay.live_port)),
             timeout=20, what="babeltrace2 to attach")
         apps.run_c_app(args.events, delay_us=args.interval_ms * 1000, timeout=600)
-        lttng_env.wait_until(lambda: len(arrivals) >= args.events, timeout=30,
+        processes.wait_until(lambda: len(arrivals) >= args.events, timeout=30,
                              what="every event to be printed")
         session.destroy()
         viewer.wait(30)
@@ -99,10 +99,10 @@ def main() -> int:
         print("stdbuf (coreutils) is needed", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="pyrelayd-delay-"))
-    sessiond = lttng_env.SessionDaemon.start(workdir / "sessiond")
+    sessiond = lttng.SessionDaemon.start(workdir / "sessiond")
     rows = []
     try:
-        apps = lttng_env.TracedApps(sessiond, lttng_env.build_c_app(workdir / "app"))
+        apps = lttng.TracedApps(sessiond, lttng.build_c_app(workdir / "app"))
         for kind in ("c", "py"):
             delays = measure(kind, args, sessiond, apps, workdir)
             rows.append((kind, len(delays), statistics.median(delays), percentile(delays, 0.9),

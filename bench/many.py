@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.children import ChildProcess
-from bench.relays import RELAY_KINDS, RELAY_NAMES, RelayKind, RelayProcess, start_relay
+from bench.relays import RELAY_KINDS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import GIB, Section, Table, number, ratio, size_label
 from bench.synthetic import ProducerPlan, ProducerResult, run_producer, verify_output
 
@@ -47,7 +47,7 @@ class ManyResult:
 
 
 class MemorySampler:
-    def __init__(self, relay: RelayProcess) -> None:
+    def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.peak_kib = 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.children import ChildProcess
 from bench.producers import PATTERNS, SESSION_CONCURRENCY, run_pattern
-from bench.relays import RELAY_KINDS, RELAY_NAMES, RelayKind, RelayProcess, start_relay
+from bench.relays import RELAY_KINDS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import Section, Table, number, ratio, size_label
 from bench.synthetic import ProducerPlan, ProducerResult, verify_output
 
@@ -34,7 +34,7 @@ class PatternsConfig:
     session_packets_per_stream: int = 4
     output_base: Path = Path("/dev/shm")
 
-    def plan(self, relay: RelayProcess, pattern: str, size: int) -> ProducerPlan:
+    def plan(self, relay: Relay, pattern: str, size: int) -> ProducerPlan:
         if pattern == "sessions":
             return ProducerPlan(relay.control_port, relay.data_port, f"{pattern}-{size}",
                                 self.sessions, self.streams, size,
@@ -84,7 +84,7 @@ class PatternResult:
         return all(run.verified for run in self.runs)
 
 
-def _run_once(relay: RelayProcess, config: PatternsConfig, pattern: str, size: int,
+def _run_once(relay: Relay, config: PatternsConfig, pattern: str, size: int,
               problems: list[str]) -> PatternRun:
     plan = config.plan(relay, pattern, size)
     producer = ChildProcess(run_pattern, pattern, plan, name=f"{pattern} producer {relay.kind}")
@@ -117,7 +117,7 @@ def run_patterns(config: PatternsConfig, workdir: Path,
     problems: list[str] = []
     runs: dict[tuple[str, int, RelayKind], list[PatternRun]] = {}
     base = Path(tempfile.mkdtemp(prefix="pyrelayd-bench-", dir=config.output_base))
-    relays: dict[RelayKind, RelayProcess] = {}
+    relays: dict[RelayKind, Relay] = {}
     try:
         for kind in kinds:
             relays[kind] = start_relay(kind, base / kind, workdir / f"patterns-{kind}")

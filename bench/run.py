@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: make `bench`, `tests` and `pyrelayd` importable
+if __package__ in (None, ""):  # as a script: `bench`, `pyrelayd_testkit`, `pyrelayd`
     sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "src")]
 
 from bench.chart import write_chart  # noqa: E402

@@ -12,17 +12,22 @@ Run with atheris (coverage-guided) through `fuzz/run.py TARGET`; `scripts/fuzz` 
 from __future__ import annotations
 
 import logging
+import shutil
 import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyrelayd.capture.framing import ControlRequestFramer, DataFramer
+from pyrelayd.capture.framing import ControlRequestFramer, PacketFramer
 from pyrelayd.capture.recording import RecordingError, parse_recording
 from pyrelayd.model.relay import Relay, RelaySettings
+from pyrelayd.model.session import SessionInfo
+from pyrelayd.model.stream import StreamError
 from pyrelayd.protocol import relayd, viewer
+from pyrelayd.protocol.data import DataHandler
 from pyrelayd.protocol.index import IndexFormatError, read_index_file
+from pyrelayd.protocol.live import LiveFramer, LiveHandler, PacketRange, ViewerRefused
 from pyrelayd.protocol.uri import UriError, parse_uri
 from pyrelayd.server.control import ControlHandler
 
@@ -147,7 +152,7 @@ def control_framing(data: bytes) -> None:
 
 def data_framing(data: bytes) -> None:
     """Data-port bytes cut anywhere: headers and payload pieces add up to what was fed."""
-    framer = DataFramer()
+    framer = PacketFramer()
     fed = bytearray()
     out = bytearray()
     for piece in _chunks(data):
@@ -203,6 +208,290 @@ def control_handler(data: bytes) -> None:
         handler.connection_lost()
 
 
+def live_framing(data: bytes) -> None:
+    """Viewer bytes cut anywhere, into the framer's bounded receive buffer (first byte odd) or
+    fed: every request comes out once, in order, read from where it was; the buffer never
+    fills up (a request is at most 36 bytes); an unknown command is the error with UNK."""
+    if not data:
+        return
+    receive = data[0] % 2 == 1
+    framer = LiveFramer(capacity=64) if receive else LiveFramer()
+    fed = bytearray()
+    position = 0
+    try:
+        for piece in _chunks(data[1:]):
+            if receive:
+                while piece:
+                    buffer = framer.receive_buffer()
+                    assert len(buffer) > 0
+                    count = min(len(buffer), len(piece))
+                    buffer[:count] = piece[:count]
+                    framer.received(count)
+                    fed += piece[:count]
+                    piece = piece[count:]
+                    position = _frame_live(framer, fed, position)
+            else:
+                framer.feed(piece)
+                fed += piece
+                position = _frame_live(framer, fed, position)
+    except viewer.ProtocolError as error:
+        assert error.reply == viewer.UNKNOWN_COMMAND_REPLY
+        return
+    assert framer.pending == bytes(fed[position:])
+
+
+def _frame_live(framer: LiveFramer, fed: bytearray, position: int) -> int:
+    header = viewer.CommandHeader.FORMAT
+    while (request := framer.next_request()) is not None:
+        _size, command, _version = header.unpack_from(fed, position)
+        payload = request.encode()
+        start = position + header.size
+        assert command == request.COMMAND, (command, request)
+        assert fed[start : start + len(payload)] == payload, request
+        position = start + len(payload)
+    return position
+
+
+class _LiveSession:
+    """One relay with one live session (a metadata and a data stream with bytes in their
+    files, published), shared by the inputs of `live_handler`."""
+
+    relay: Relay | None = None
+
+    @classmethod
+    def get(cls) -> Relay:
+        if cls.relay is None:
+            root = Path(tempfile.mkdtemp(prefix="pyrelayd-fuzz-"))
+            relay = Relay(RelaySettings(output_root=root))
+            session = relay.create_session(SessionInfo(
+                session_name="fuzz", hostname="fuzz", base_path="", live_timer=1_000_000,
+                snapshot=False, sessiond_uuid=bytes(16), sessiond_session_id=1,
+                creation_time=1704164645, name_contains_creation_time=False, major=2,
+                minor=15), None)
+            relay.create_trace_chunk(session, 0, 1704164645, None)
+            metadata = relay.add_stream(session, "metadata", "ust/uid/0/64-bit", 0, 0)
+            channel = relay.add_stream(session, "channel0_0", "ust/uid/0/64-bit", 0, 0)
+            metadata.write(b"/* CTF 1.8 */")
+            metadata.end_metadata(13, 0)
+            channel.write(bytes(4096))
+            session.publish_streams()
+            cls.relay = relay
+        return cls.relay
+
+
+def _live_request(data: bytes, position: int) -> tuple[bytes, int]:
+    """A request made from the input: a command (or an unknown one), small ids (so that
+    they name the session and its streams), offsets and lengths around the file's size."""
+    command = data[position] % 11
+    values = data[position + 1 : position + 5].ljust(4, b"\0")
+    small, offset, length = values[0] % 6, values[1] * 64, values[2] * 64 + values[3] % 64
+    requests: dict[int, viewer.Request] = {
+        1: viewer.Connect(minor=small * 3, connection_type=1 + values[1] % 3),
+        2: viewer.ListSessions(),
+        3: viewer.AttachSession(small, 1 + values[1] % 3),
+        4: viewer.GetNextIndex(small),
+        5: viewer.GetPacket(small, offset, length),
+        6: viewer.GetMetadata(small),
+        7: viewer.GetNewStreams(small),
+        8: viewer.CreateSession(),
+        9: viewer.DetachSession(small),
+    }
+    request = requests.get(command)
+    raw = (viewer.encode_request(request) if request is not None
+           else viewer.CommandHeader(command * 7).encode())
+    return raw, position + 5
+
+
+def live_handler(data: bytes) -> None:
+    """A viewer connection: CONNECT, then requests the input makes, framed from a byte stream
+    cut where the input says and answered by the real handler on a real relay. Every request
+    is answered (replies that decode, file ranges within the file) or the connection is
+    refused; the handler lets go of its viewer session at the end."""
+    relay = _LiveSession.get()
+    handler = LiveHandler(relay, "fuzz")
+    framer = LiveFramer()
+    minor = _pick(data, 0, VIEWER_MINORS)
+    stream = bytearray(viewer.encode_request(viewer.Connect(minor=minor)))
+    position = 1
+    while position < len(data):
+        raw, position = _live_request(data, position)
+        stream += raw
+    try:
+        for piece in _chunks(bytes(data[:1]) + bytes(stream)):
+            framer.feed(piece)
+            while (request := framer.next_request()) is not None:
+                for output in handler.handle(request):
+                    if isinstance(output, PacketRange):
+                        assert 0 < output.length <= viewer.MAX_PACKET_REQUEST
+                        assert output.offset + output.length <= 4096, output
+    except (ViewerRefused, viewer.ProtocolError):
+        pass
+    finally:
+        handler.close()
+    assert not any(session.viewers for session in relay.sessions.values())
+
+
+def relayd_control_framer(data: bytes) -> None:
+    """Control bytes cut anywhere, through the relay's framer: each request keeps at most its
+    command's limit, metadata comes out in pieces adding up to its size, nothing beyond a
+    limit is ever buffered, and a refused length raises ProtocolError only."""
+    framer = relayd.ControlFramer()
+    largest = max(relayd.MAX_REQUEST_PAYLOAD.values())
+    metadata_left: int | None = None
+    try:
+        for piece in _chunks(data):
+            for event in framer.feed(piece):
+                if isinstance(event, relayd.MetadataBytes):
+                    assert metadata_left is not None
+                    metadata_left -= len(event.data)
+                    assert metadata_left >= 0
+                    assert event.last == (metadata_left == 0)
+                    if event.last:
+                        metadata_left = None
+                    continue
+                assert metadata_left is None
+                header = event.header
+                if header.command == relayd.Command.SEND_METADATA:
+                    assert len(event.payload) == 12
+                    metadata_left = header.data_size - 12
+                else:
+                    limit = relayd.request_payload_limit(header.command)
+                    assert len(event.payload) == min(header.data_size, limit)
+            assert framer.buffered <= max(largest, relayd.CONTROL_HEADER_SIZE)
+    except relayd.ProtocolError:
+        return
+
+
+def relayd_data_framer(data: bytes) -> None:
+    """Data-port bytes cut anywhere, through the relay's framer: headers and payload slices
+    add up to what was fed; each packet is complete once, after exactly its size."""
+    framer = relayd.DataFramer()
+    fed = bytearray()
+    out = bytearray()
+    left = 0
+    for piece in _chunks(data):
+        fed += piece
+        for header, payload, complete in framer.feed(piece):
+            if header is not None:
+                assert left == 0
+                out += header.encode()
+                left = header.data_size
+            out += payload
+            left -= len(payload)
+            assert left >= 0 and complete == (left == 0)
+    assert bytes(out) + framer.partial_header == bytes(fed)
+    assert left == framer.payload_left
+
+
+def control_connection(data: bytes) -> None:
+    """A control connection's raw bytes (VERSION included, cut where the input says), framed
+    and handled as the relay does, on a real relay: no exception may escape, and the
+    connection stops at the first outcome that closes it."""
+    relay = _ControlSession.get()
+    framer = relayd.ControlFramer()
+    handler = ControlHandler(relay, "fuzz")
+    try:
+        for piece in _chunks(data):
+            for event in framer.feed(piece):
+                if handler.receive(event).close:
+                    return
+    except relayd.ProtocolError:
+        return  # a refused length: the server drops the connection
+    finally:
+        handler.connection_lost()
+
+
+class _DataSession:
+    """A relay whose sessions the inputs of `data_connection` create (one each), in a
+    scratch directory started over every few hundred inputs."""
+
+    relay: Relay | None = None
+    root: Path | None = None
+    inputs = 0
+
+    @classmethod
+    def get(cls) -> Relay:
+        cls.inputs += 1
+        if cls.relay is None or cls.inputs % 500 == 0:
+            if cls.root is not None:
+                shutil.rmtree(cls.root, ignore_errors=True)
+            scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None  # mkdir-heavy
+            cls.root = Path(tempfile.mkdtemp(prefix="pyrelayd-fuzz-data-", dir=scratch))
+            cls.relay = Relay(RelaySettings(output_root=cls.root))
+        return cls.relay
+
+
+def _open_session(relay: Relay, minor: int) -> tuple[ControlHandler, list[int]]:
+    """A control connection with a session, chunk 0 and three streams (the last metadata)."""
+    control = ControlHandler(relay, "fuzz control")
+    command = relayd.Command
+    control.handle(command.VERSION, relayd.Version(2, minor).encode())
+    control.handle(command.CREATE_SESSION, relayd.CreateSession(
+        f"s{_DataSession.inputs}", "h", sessiond_uuid=bytes(range(16)),
+        sessiond_session_id=_DataSession.inputs, creation_time=1_700_000_000).encode(minor))
+    if minor >= 11:
+        control.handle(command.CREATE_TRACE_CHUNK,
+                       relayd.CreateTraceChunk(0, 1_700_000_000).encode())
+    handles = []
+    for name, size, count in (("channel0_0", 0, 0), ("channel0_1", 300, 2), ("metadata", 0, 0)):
+        outcome = control.handle(command.ADD_STREAM,
+                                 relayd.AddStream(name, "ust/uid/0/64-bit", size, count)
+                                 .encode(minor))
+        assert outcome.reply is not None
+        handles.append(relayd.decode_status_reply(outcome.reply)[0])
+    control.handle(command.STREAMS_SENT, b"")
+    return control, handles
+
+
+def _data_stream(data: bytes, handles: list[int]) -> bytes:
+    """Data-port bytes made from the input: per packet 5 bytes (stream: one of the session's
+    or another; sequence number step; size; padding) then the payload the size says."""
+    out = bytearray()
+    seq = dict.fromkeys(handles, 0)
+    position = 1
+    while position + 5 <= len(data):
+        pick, step, size, padding = struct.unpack_from(">BBHB", data, position)
+        position += 5
+        size %= 700
+        stream = handles[pick % 4] if pick % 4 < 3 else 1000 + pick
+        number = seq.get(stream, 0) + step % 3 - 1  # mostly the next; sometimes a repeat
+        seq[stream] = number + 1
+        payload = data[position : position + size]
+        position += size
+        out += relayd.DataHeader(stream, number & relayd.UINT64_MAX, size, padding).encode()
+        out += payload.ljust(size, b"\0")
+    return bytes(out)
+
+
+def data_connection(data: bytes) -> None:
+    """A data connection's packets, framed and handled as the relay does, into a real
+    session (its control half: SEND_INDEX for some packets, CLOSE_STREAM at the end): only
+    StreamError may stop it, and losing both connections releases the session."""
+    if not data:
+        return
+    relay = _DataSession.get()
+    control, handles = _open_session(relay, _pick(data, 0, (4, 11, 13, 15)))
+    framer = relayd.DataFramer()
+    handler = DataHandler(relay, "fuzz data")
+    failed = False
+    try:
+        stream = _data_stream(data, handles)
+        read_size = 1 + data[0] * 29 % 1024  # the size of every read but the last
+        with relay.fd_pool.batch():
+            for start in range(0, len(stream), read_size):
+                for packet in framer.feed(stream[start : start + read_size]):
+                    handler.handle(packet)
+    except StreamError:
+        failed = True
+    finally:
+        for handle in handles:
+            control.handle(relayd.Command.CLOSE_STREAM,
+                           relayd.CloseStream(handle, relayd.UINT64_MAX).encode())
+        handler.connection_lost(failed)
+        control.connection_lost()
+    assert not relay.sessions, "the session outlived both its connections"
+
+
 TARGETS: dict[str, Target] = {
     "relayd_request": relayd_request,
     "viewer_request": viewer_request,
@@ -213,6 +502,12 @@ TARGETS: dict[str, Target] = {
     "data_framing": data_framing,
     "control_handler": control_handler,
     "recording": recording,
+    "live_framing": live_framing,
+    "live_handler": live_handler,
+    "relayd_control_framer": relayd_control_framer,
+    "relayd_data_framer": relayd_data_framer,
+    "control_connection": control_connection,
+    "data_connection": data_connection,
 }
 
 # The handler logs every refusal; a fuzzer feeds millions.

@@ -2,7 +2,8 @@
 
 `python bench/run.py --smoke` runs the six benchmarks against both relays in a few seconds;
 this test checks that it succeeds and that each benchmark produced a table with a row for
-each relay and a table of ratios. Benchmarks are not tests: no figure is asserted.
+each relay and a table of ratios; then that `--only X` works for each benchmark, chart
+included (when matplotlib is installed). Benchmarks are not tests: no figure is asserted.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.lttng_env import host_has_lttng
+from pyrelayd_testkit.lttng import host_has_lttng
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns")
 SECTIONS = ("1. Ingest throughput", "2. End to end with real LTTng", "3. Many producers",
             "4. Live serving", "5. Idle scale", "6. Producer patterns")
 
@@ -54,3 +56,17 @@ def test_every_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
         assert any("| pyrelayd |" in row for row in rows), f"{title}: no pyrelayd row"
         assert any("py/C" in row for row in rows), f"{title}: no ratio table"
         assert "| **no** |" not in text, f"{title}: output not as expected:\n{text}"
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_benchmark_runs_alone_and_draws_its_chart(tmp_path: Path, name: str) -> None:
+    output = tmp_path / "benchmarks.md"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--smoke", "--only", name,
+         "--output", str(output), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    [title] = sections(output.read_text())
+    assert title == SECTIONS[BENCHMARKS.index(name)]
+    assert output.with_suffix(".png").exists() or "no chart: matplotlib" in result.stderr

@@ -1,6 +1,6 @@
 """The relay daemon's settings, as resolved from config files, environment and command line.
 
-`pyrelayd.cli` builds one `RelaydOptions`; the server only ever reads it.
+`pyrelayd.options` builds one `RelaydOptions`; the server only ever reads it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import dataclasses
 import enum
 from pathlib import Path
 
-DEFAULT_CONTROL_PORT = 5342
-DEFAULT_DATA_PORT = 5343
-DEFAULT_LIVE_PORT = 5344
+from pyrelayd.constants import DEFAULT_CONTROL_PORT as DEFAULT_CONTROL_PORT
+from pyrelayd.constants import DEFAULT_DATA_PORT as DEFAULT_DATA_PORT
+from pyrelayd.constants import DEFAULT_LIVE_PORT as DEFAULT_LIVE_PORT
+
 DEFAULT_METRICS_PORT = 9464  # --metrics-port without a port
 DEFAULT_NETWORK_SOCKET_TIMEOUT_MS = 0  # 0: no timeout (lttng's default is to wait forever)
 # How long a peer may keep the relay waiting in the middle of a message (or before its first

@@ -10,7 +10,7 @@ in its default CTF 2, babeltrace2 2.1); tests marked `ctf_1_8_too` also run with
 picks others. Peers that cannot run here are skipped, or fail the tests when
 PYRELAYD_TEST_REQUIRE_PEERS=1 (scripts/test sets it).
 
-Fixtures (see lttng_env.py for the objects they return):
+Fixtures (the objects they return are those of `pyrelayd_testkit`, imported through lttng_env.py):
 
 * `peers` (session scope, parametrized): the `Peers` in use.
 * `sessiond` (session scope): a root `lttng-sessiond` of those peers in its own sandbox.

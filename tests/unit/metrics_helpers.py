@@ -1,7 +1,8 @@
 """A pyrelayd process with `--metrics-port`, a producer session to feed it, and HTTP helpers.
 
 Shared by the metrics endpoint tests and the end-to-end Prometheus test. The relay is started
-by the suite's one launcher (`tests.integration.lttng_env.start_relay`).
+by the one launcher of tests and benchmarks (`pyrelayd_testkit.relays.start_relay`), its
+metrics port chosen by the OS (port 0) and read back from the relay's listening sockets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyrelayd.client.producer import ProducerStream, RelaydProducer
-from tests.integration.lttng_env import Relay, free_tcp_ports, release_tcp_ports, start_relay
+from pyrelayd_testkit.processes import wait_until
+from pyrelayd_testkit.relays import Relay, start_relay
 
 HOST = "127.0.0.1"
 STREAM_PATH = "ust/uid/0/64-bit"
@@ -45,15 +47,13 @@ class MetricsRelay:
 @contextlib.contextmanager
 def relay_with_metrics(workdir: Path, *extra_args: str) -> Iterator[MetricsRelay]:
     """pyrelayd on fresh ports, serving metrics on 127.0.0.1."""
-    [metrics_port] = free_tcp_ports(1)
-    relay = start_relay("py", workdir, ["--metrics-port", f"tcp://{HOST}:{metrics_port}",
-                                        *extra_args])
+    relay = start_relay("py", workdir, ["--metrics-port", f"tcp://{HOST}:0", *extra_args])
     try:
-        relay.wait_listening([metrics_port, relay.live_port])
+        [metrics_port] = wait_until(relay.other_listening_ports, timeout=20,
+                                    what="the metrics port listening")
         yield MetricsRelay(relay, metrics_port)
     finally:
         relay.stop()
-        release_tcp_ports([metrics_port])
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -7,6 +7,11 @@ files of a private run directory), its health socket at a known path.
 To test what happens when the event loop stalls, `stall_in` starts the relay through a
 driver that first makes one real handler block (until the test creates a file): a live
 LIST_SESSIONS, or a control CREATE_SESSION. Everything else is the real relay.
+
+Benchmarks and the other tests start relays with `pyrelayd_testkit.relays.start_relay`; this
+one differs in what the operations tests look at (the run directory, the health socket, the
+environment an init system gives, a driver in front of `main`), and shares its port files
+and process handling with it (`pyrelayd_testkit`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 from pyrelayd.protocol import viewer
-from tests.integration.lttng_env import stop_process, wait_until
+from pyrelayd_testkit.ports import read_port_files
+from pyrelayd_testkit.processes import stop_process, wait_until
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 READY_TIMEOUT = 30.0
@@ -34,6 +40,7 @@ StallTarget = Literal["live", "control"]
 STALL_DRIVER = """\
 import os, pathlib, sys, time
 from pyrelayd import cli
+from pyrelayd.protocol.live import LiveHandler
 from pyrelayd.server import control, live
 
 entered = pathlib.Path(os.environ["STALL_ENTERED"])
@@ -48,7 +55,7 @@ def blocking(original):
     return handler
 
 if os.environ["STALL_IN"] == "live":
-    live.LiveConnection._list_sessions = blocking(live.LiveConnection._list_sessions)
+    LiveHandler._list_sessions = blocking(LiveHandler._list_sessions)
 else:
     control.ControlHandler._create_session = blocking(control.ControlHandler._create_session)
 raise SystemExit(cli.main(sys.argv[1:]))
@@ -110,13 +117,8 @@ def relay_argv(workdir: Path, args: Sequence[str], stall_in: StallTarget | None)
 
 
 def read_ports(run_dir: Path) -> dict[str, int] | None:
-    ports = {}
-    for name in ("control", "data", "live"):
-        try:
-            ports[name] = int((run_dir / "relayd" / f"{name}.port").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-    return ports
+    """The ports the relay wrote to RUN_DIR/relayd/*.port, or None until all three are."""
+    return read_port_files(run_dir)
 
 
 def start_relay(workdir: Path, *args: str, env: Mapping[str, str] | None = None,

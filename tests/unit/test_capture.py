@@ -13,11 +13,8 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -45,7 +42,7 @@ from pyrelayd.capture import (
 from pyrelayd.capture.framing import (
     ControlRequest,
     ControlRequestFramer,
-    DataFramer,
+    PacketFramer,
     negotiated_minor,
     reply_size,
 )
@@ -95,6 +92,7 @@ from pyrelayd.protocol.relayd import (
 )
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
+from pyrelayd_testkit.relays import start_relay
 
 Address = tuple[str, int]
 OK = ReturnCode.OK
@@ -214,7 +212,7 @@ def test_data_packets_survive_any_segmentation(
                in packets]
     stream = b"".join(h.encode() + body for h, (_, _, body, _) in zip(headers, packets,
                                                                       strict=True))
-    framer = DataFramer()
+    framer = PacketFramer()
     parts = [part for segment in split(stream, cuts) for part in framer.feed(segment)]
     seen_headers = [part for part in parts if isinstance(part, DataHeader)]
     assert seen_headers == headers
@@ -638,7 +636,7 @@ class FakeRelay:
         writer.close()
 
     async def _data(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        framer = DataFramer()
+        framer = PacketFramer()
         while chunk := await reader.read(65536):
             for part in framer.feed(chunk):
                 if isinstance(part, DataHeader):
@@ -766,46 +764,14 @@ async def test_cli_record_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the real relayd
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @contextlib.contextmanager
 def c_relayd(output: Path) -> Iterator[tuple[Address, Address]]:
-    control_port, data_port, live_port = free_ports(3)
-    process = subprocess.Popen(
-        ["lttng-relayd", "-C", f"tcp://127.0.0.1:{control_port}",
-         "-D", f"tcp://127.0.0.1:{data_port}", "-L", f"tcp://127.0.0.1:{live_port}",
-         "-o", str(output)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "LTTNG_HOME": str(output.parent)},
-    )
+    """The C lttng-relayd writing under `output`, by the shared launcher."""
+    relay = start_relay("c", output.parent / f"{output.name}-relayd", output_dir=output)
     try:
-        deadline = time.monotonic() + 20
-        for port in (control_port, data_port):
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"lttng-relayd exited: {process.stderr.read()!r}")  # type: ignore[union-attr]
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail("lttng-relayd does not listen")
-                    time.sleep(0.05)
-        yield ("127.0.0.1", control_port), ("127.0.0.1", data_port)
+        yield ("127.0.0.1", relay.control_port), ("127.0.0.1", relay.data_port)
     finally:
-        process.kill()  # by pid: only the relay this test started
-        process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        relay.stop()
 
 
 class Consumerd:

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from pyrelayd import __version__, cli, logs
-from pyrelayd.cli import CliError, parse_config_value, parse_options, read_config_entries
+from pyrelayd import options as relayd_options
 from pyrelayd.config import GroupOutputBy, ListenAddress, RelaydOptions, TcpKeepAlive
+from pyrelayd.daemon import ReadyCallback
+from pyrelayd.inifile import parse_config_value, read_config_entries
+from pyrelayd.options import CliError, parse_options
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -209,11 +212,11 @@ def test_same_grouping_twice_is_fine(env: dict[str, str]) -> None:
 
 
 def test_information_request() -> None:
-    assert cli.information_request([]) is None
-    assert cli.information_request(["-V"]) == cli.VERSION_LINE
-    assert cli.information_request(["-v", "--help", "-V"]) == cli.USAGE
+    assert relayd_options.information_request([]) is None
+    assert relayd_options.information_request(["-V"]) == relayd_options.VERSION_LINE
+    assert relayd_options.information_request(["-v", "--help", "-V"]) == relayd_options.USAGE
     with pytest.raises(CliError):
-        cli.information_request(["--bogus", "-h"])
+        relayd_options.information_request(["--bogus", "-h"])
 
 
 # --- Environment ----------------------------------------------------------------------------
@@ -491,7 +494,7 @@ class FakeServer:
         self.status = status
         self.seen: dict[str, object] = {}
 
-    def run(self, options: RelaydOptions, on_ready: cli.ReadyCallback) -> int:
+    def run(self, options: RelaydOptions, on_ready: ReadyCallback) -> int:
         on_ready(self.ports)
         port_dir = options.run_dir / "relayd"
         self.seen["cwd"] = Path.cwd()
@@ -507,7 +510,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     module = types.ModuleType("pyrelayd.server.app")
     module.run = server.run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pyrelayd.server.app", module)
-    monkeypatch.setattr(cli, "SYSTEM_CONFIG_PATH", Path("/nonexistent"))
+    monkeypatch.setattr(relayd_options, "SYSTEM_CONFIG_PATH", Path("/nonexistent"))
     yield server
     # main() configures the root logger; undo it for the other tests.
     logs.reset()
@@ -615,8 +618,8 @@ def run(options, on_ready):
 
 app.run = run
 sys.modules["pyrelayd.server.app"] = app
-from pyrelayd import __version__, cli
-cli.SYSTEM_CONFIG_PATH = pathlib.Path("/nonexistent")
+from pyrelayd import __version__, cli, options
+options.SYSTEM_CONFIG_PATH = pathlib.Path("/nonexistent")
 raise SystemExit(cli.main(sys.argv[1:]))
 """
 

@@ -1,10 +1,10 @@
 """Control connections (port 5342) as a session daemon / consumer daemon sees them.
 
 Every test drives the real framing (`ControlProtocol` over a fake transport that records what the
-relay writes) on top of `ControlHandler`, with a `Relay` writing under a temporary output root;
-data packets go through `DataProtocol`. The expected bytes are those of lttng-relayd 2.13
-(reference: shared/protocol/relayd-control-data.md, sec. 2 and 6.2) and, for peers of 2.15 and
-later, of lttng-relayd 2.16 (shared/protocol/protocol-2.15.md, sec. 1, 2 and 8).
+relay writes) on top of `ControlHandler` (protocol/control.py), with a `Relay` writing under a
+temporary output root; data packets go through `DataProtocol`. The expected bytes are those of
+lttng-relayd 2.13 (reference: docs/protocol/relayd-control-data.md, sec. 2 and 6.2) and, for
+peers of 2.15 and later, of lttng-relayd 2.16 (docs/protocol/protocol-2.15.md, sec. 1, 2 and 8).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from pyrelayd.config import GroupOutputBy
 from pyrelayd.model.relay import Relay, RelaySettings
+from pyrelayd.protocol.control import Outcome
 from pyrelayd.protocol.index import PacketIndex, read_index_file
 from pyrelayd.protocol.relayd import (
     UINT64_MAX,
@@ -59,7 +60,7 @@ from pyrelayd.protocol.relayd import (
     trace_chunk_exists_reply,
     version_reply,
 )
-from pyrelayd.server.control import ControlProtocol, Outcome
+from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
 from tests.unit.fakes import FakeTransport
 

@@ -19,13 +19,15 @@ from hypothesis import strategies as st
 
 from pyrelayd.model.relay import Relay
 from pyrelayd.model.session import RelaySession
-from pyrelayd.model.stream import RelayStream
+from pyrelayd.model.stream import RelayStream, StreamError
+from pyrelayd.protocol.data import DataHandler
 from pyrelayd.protocol.index import PacketIndex, read_index_file
 from pyrelayd.protocol.relayd import (
     MAX_CONTROL_PAYLOAD,
     UINT64_MAX,
     Command,
     ControlHeader,
+    DataFramer,
     DataHeader,
     SendIndex,
     Version,
@@ -266,6 +268,35 @@ def test_losing_an_idle_data_connection_changes_nothing(relay: Relay,
     assert not channel.close_requested
 
 
+# --------------------------------------------------------------------------- sans-IO
+
+
+def test_the_handler_takes_framed_packets_without_a_socket(relay: Relay,
+                                                           channel: RelayStream) -> None:
+    framer, handler = DataFramer(), DataHandler(relay)
+    raw = packet(channel, 0, b"a" * 10, padding=2) + packet(channel, 1, b"b" * 5)
+
+    for piece in framer.feed(raw[:40]):
+        handler.handle(piece)
+    assert handler.header == DataHeader(channel.handle, 0, 10, 2)
+    for piece in framer.feed(raw[40:]):
+        handler.handle(piece)
+
+    assert handler.header is None
+    assert channel.prev_data_seq == 1
+    assert (stream_directory(channel) / "channel0_0").read_bytes() == (
+        b"a" * 10 + bytes(2) + b"b" * 5)
+    assert handler.session is channel.session
+
+
+def test_the_handler_refuses_a_packet_for_an_unknown_stream(relay: Relay,
+                                                            channel: RelayStream) -> None:
+    [piece] = DataFramer().feed(DataHeader(999, 0, 0, 0).encode())
+
+    with pytest.raises(StreamError, match="unknown stream 999"):
+        DataHandler(relay).handle(piece)
+
+
 # --------------------------------------------------------------------------- control framing limit
 
 
@@ -304,8 +335,8 @@ def test_a_control_payload_of_exactly_128_mib_is_read_and_its_excess_dropped(
 
     assert not transport.closed
     assert transport.written == version_reply()
-    assert len(protocol.buffer) == 0
-    assert protocol.discard_left == MAX_CONTROL_PAYLOAD - 8 - (4 << 20)
+    assert protocol.framer.buffered == 0
+    assert protocol.framer.discarding == MAX_CONTROL_PAYLOAD - 8 - (4 << 20)
 
 
 # --------------------------------------------------------------------------- tracefile splitting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import random
@@ -142,3 +143,57 @@ for i, file in enumerate(files):
                             text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "f299").read_bytes() == b"299"
+
+
+def failing(monkeypatch: pytest.MonkeyPatch, name: str, fd: int, code: int) -> None:
+    """`os.<name>` fails with `code` once, on descriptor `fd` (which may be reused later)."""
+    real = getattr(os, name)
+    armed = [True]
+
+    def fail(first: int, *args: object) -> object:
+        if first == fd and armed[0]:
+            armed[0] = False
+            raise OSError(code, os.strerror(code))
+        return real(first, *args)
+
+    monkeypatch.setattr(os, name, fail)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_file_whose_last_writes_fail_is_closed_anyway(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    pool = FdPool()
+    before = open_fds()
+    file = PooledFile.create(pool, lambda: tmp_path / "data")
+    failing(monkeypatch, "pwritev", file.fileno(), code)
+    with pool.batch():
+        file.append(b"lost")
+        with pytest.raises(OSError) as raised:
+            file.close()
+    assert raised.value.errno == code
+    assert file.closed and pool.open_count == 0 and open_fds() == before
+    file.close()  # once is enough
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_an_evicted_file_whose_writes_fail_keeps_its_error_for_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    pool = FdPool(limit=1)
+    before = open_fds()
+    first = PooledFile.create(pool, lambda: tmp_path / "first")
+    failing(monkeypatch, "pwritev", first.fileno(), code)
+    with pool.batch():
+        first.append(b"lost")
+        # Room for the second file: the first one's deferred write fails, not this.
+        second = PooledFile.create(pool, lambda: tmp_path / "second")
+        second.append(b"kept")
+    assert pool.open_count == 1 and open_fds() == before + 1
+    with pytest.raises(OSError) as raised:
+        first.write(b"next")  # the first one hears of it at its next use
+    assert raised.value.errno == code
+    first.write(b"next")  # and only once
+    first.close()
+    second.close()
+    assert (tmp_path / "first").read_bytes() == b"next"
+    assert (tmp_path / "second").read_bytes() == b"kept"
+    assert pool.open_count == 0 and open_fds() == before

@@ -1,7 +1,7 @@
 """The relayd control/data codec: exact struct sizes, field offsets, round trips, replies, errors.
 
 Byte layouts are those of lttng-tools 2.13.9 `sessiond-comm/relayd.h` (big-endian, packed),
-plus the 2.15 CREATE_SESSION of `relayd.hpp @ v2.16.0-rc2` (shared/protocol/protocol-2.15.md).
+plus the 2.15 CREATE_SESSION of `relayd.hpp @ v2.16.0-rc2` (docs/protocol/protocol-2.15.md).
 """
 
 from __future__ import annotations

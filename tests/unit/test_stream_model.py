@@ -6,6 +6,7 @@ The data side of a packet is what a data connection does with it (`begin_packet`
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pyrelayd.model.chunk import CloseCommand
+from pyrelayd.model.counters import ErrorKind
 from pyrelayd.model.index import TracefileArray
 from pyrelayd.model.relay import Relay
 from pyrelayd.model.session import RelaySession
@@ -457,3 +460,65 @@ def test_a_huge_tracefile_count_costs_only_the_files_written(count: int) -> None
     assert len(array.heads) <= 5 and len(array.tails) <= 5
     assert array.seq_in_file(0, 0) and not array.seq_in_file(0, 1)
     assert array.seq_in_file(4, 4) and not array.seq_in_file(count - 1, 4)
+
+
+# --------------------------------------------------------------------------- domain values
+
+
+def test_a_control_half_kept_for_its_data_is_a_packet_index(stream: RelayStream) -> None:
+    receive_index(stream, 0, 16)
+
+    kept = stream.pending_indexes[0].packet
+    assert kept == PacketIndex(0, 128, 128, 0, 99, 0, 3, 4, 0)  # its offset: the data half's
+    receive_data(stream, 0, b"x" * 16)
+    assert stream.pending_indexes == {}
+
+
+def test_the_last_announced_packet_closes_the_stream_at_the_end_of_the_packet(
+        stream: RelayStream) -> None:
+    stream.request_close(0)
+
+    stream.begin_packet(4)
+    stream.write(b"abcd")
+    stream.end_packet(0, 4, 0)  # no try_close needed from the data connection
+
+    assert stream.closed
+
+
+def test_data_pending_rounds_of_a_session(relay: Relay, session: RelaySession,
+                                          stream: RelayStream) -> None:
+    quiet = relay.add_stream(session, "channel0_1", STREAM_PATH, 0, 0)
+    relay.begin_data_pending(session.id)
+    assert relay.end_data_pending(session.id) is True  # nobody asked yet
+
+    stream.data_pending(UINT64_MAX)
+    quiet.mark_quiescent()
+
+    assert relay.end_data_pending(session.id) is False
+    assert relay.end_data_pending(session.id + 100) is False  # no such session: nothing pending
+
+
+def test_close_trace_chunk_takes_the_models_close_command_or_its_value(
+        relay: Relay, session: RelaySession) -> None:
+    relay.create_trace_chunk(session, 1, T1, None)
+    chunk = relay.find_chunk(session, 0)
+    assert chunk is not None
+
+    relay.close_trace_chunk(session, 0, T1 + 60, 0)  # a wire value: MOVE_TO_COMPLETED
+
+    assert chunk.close_command is CloseCommand.MOVE_TO_COMPLETED
+    assert relay.find_chunk(session, 0) is None  # archived: nobody else held it
+
+
+def test_a_stream_that_cannot_write_closes_alone(relay: Relay, session: RelaySession,
+                                                 stream: RelayStream) -> None:
+    other = relay.add_stream(session, "channel0_1", STREAM_PATH, 0, 0)
+
+    stream.fail(OSError(errno.ENOSPC, "No space left on device"))
+
+    assert stream.closed and relay.find_stream(stream.handle) is None
+    assert relay.counters.errors[ErrorKind.DISK] == 1
+    assert not session.aborted and not session.released
+    receive_data(other, 0, b"still")
+    receive_index(other, 0, 5)
+    assert other.prev_index_seq == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
@@ -35,6 +36,7 @@ from pyrelayd.protocol.viewer import (
     DetachSession,
     DetachSessionReply,
     DetachStatus,
+    FixedMessage,
     GetMetadata,
     GetNewStreams,
     GetNextIndex,
@@ -583,3 +585,21 @@ def test_unknown_flag_bits_are_kept() -> None:
     reply = IndexReply.decode(struct.pack(">7QII", 0, 0, 0, 0, 0, 0, 0, 1, 0x81))
     assert reply.flags & ViewerFlag.NEW_METADATA
     assert int(reply.flags) == 0x81
+
+
+def test_a_fixed_message_names_each_of_its_fields_once_in_wire_order() -> None:
+    with pytest.raises(TypeError, match="FIELDS"):
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Broken(FixedMessage):
+            NAME = "BROKEN"
+            FORMAT = struct.Struct(">QI")
+            FIELDS = ("first",)  # `second` has no place on the wire
+            first: int
+            second: int
+
+
+def test_fixed_messages_keep_their_wire_order_apart_from_their_constructor_s() -> None:
+    # ATTACH_SESSION sends session_id, offset, seek; it is built as (session_id, seek, offset).
+    encoded = AttachSession(7, Seek.BEGINNING, 9).encode()
+    assert encoded == struct.pack(">QQI", 7, 9, Seek.BEGINNING)
+    assert AttachSession.decode(encoded) == AttachSession(7, Seek.BEGINNING, 9)

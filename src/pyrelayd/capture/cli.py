@@ -12,9 +12,9 @@ from pyrelayd.capture.proxy import Address, CaptureProxy, RecordSummary, format_
 from pyrelayd.capture.recording import RecordingError
 from pyrelayd.capture.replay import replay
 from pyrelayd.capture.replayer import ReplayError
+from pyrelayd.constants import DEFAULT_CONTROL_PORT as DEFAULT_CONTROL_PORT
+from pyrelayd.constants import DEFAULT_DATA_PORT as DEFAULT_DATA_PORT
 
-DEFAULT_CONTROL_PORT = 5342
-DEFAULT_DATA_PORT = 5343
 _SCHEMES = ("tcp://", "tcp4://", "tcp6://")
 
 DESCRIPTION = """\

@@ -1,118 +1,77 @@
-"""Cut raw relayd byte streams into messages, whatever the TCP segmentation.
+"""Cut recorded relayd byte streams into messages, whatever the TCP segmentation.
 
-Control requests are a 24-byte header plus `data_size` payload bytes; the data port carries
-32-byte headers each followed by `data_size` packet bytes; replies have no header and their
-size follows from the command they answer and from the protocol minor negotiated by the
-connection's VERSION exchange (`reply_size`, `negotiated_minor`). Requests need no minor:
-their header gives their size, whatever their layout (a 2.15 CREATE_SESSION included).
+The framing is the relay's own (`ControlFramer`, `DataFramer` in protocol/relayd.py), set to
+keep every byte as sent. Control requests are a 24-byte header plus `data_size` payload
+bytes; the data port carries 32-byte headers each followed by `data_size` packet bytes;
+replies have no header and their size follows from the command they answer and from the
+protocol minor negotiated by the connection's VERSION exchange (`reply_size`,
+`negotiated_minor`). Requests need no minor: their header gives their size, whatever their
+layout (a 2.15 CREATE_SESSION included).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import struct
+import typing
 
 from pyrelayd.protocol.relayd import (
-    CONTROL_HEADER_SIZE,
-    DATA_HEADER_SIZE,
     Command,
-    ControlHeader,
+    ControlFramer,
+    ControlRequest,
+    DataFramer,
     DataHeader,
     ProtocolError,
     ReturnCode,
     Version,
+    command_name,
     expected_reply_size,
 )
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ControlRequest:
-    """One whole control request, header fields kept as sent (circuit id, command version)."""
-
-    header: ControlHeader
-    payload: bytes
-
-    @property
-    def command(self) -> int:
-        return self.header.command
-
-    @property
-    def name(self) -> str:
-        return command_name(self.header.command)
-
-    def encode(self) -> bytes:
-        return self.header.encode() + self.payload
-
-
-def command_name(command: int) -> str:
-    try:
-        return Command(command).name
-    except ValueError:
-        return f"command {command}"
+__all__ = ["ControlRequest", "ControlRequestFramer", "DataPart", "PacketFramer",
+           "command_name", "negotiated_minor", "reply_size"]
 
 
 class ControlRequestFramer:
-    """Accumulates a control connection's peer-to-relay bytes and yields whole requests."""
+    """A control connection's peer-to-relay bytes as whole requests, exactly as sent (the
+    relay's `ControlFramer` keeping every byte: no limit, no metadata streaming)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._framer = ControlFramer(payload_limit=None, max_payload=None,
+                                     stream_metadata=False)
 
     def feed(self, data: bytes) -> list[ControlRequest]:
-        self._buffer += data
-        requests: list[ControlRequest] = []
-        while len(self._buffer) >= CONTROL_HEADER_SIZE:
-            header = ControlHeader.decode(bytes(self._buffer[:CONTROL_HEADER_SIZE]))
-            end = CONTROL_HEADER_SIZE + header.data_size
-            if len(self._buffer) < end:
-                break
-            requests.append(ControlRequest(header, bytes(self._buffer[CONTROL_HEADER_SIZE:end])))
-            del self._buffer[:end]
-        return requests
+        # With nothing streamed, the framer gives whole requests only.
+        return typing.cast(list[ControlRequest], list(self._framer.feed(data)))
 
     @property
     def pending(self) -> bytes:
         """Bytes of a request not yet complete."""
-        return bytes(self._buffer)
+        return self._framer.pending
 
 
 DataPart = DataHeader | bytes
 
 
-class DataFramer:
-    """Splits a data connection's stream into packet headers and payload pieces.
-
-    Payload bytes are passed through as soon as they arrive (packets can be large); only
-    a header cut by a segment boundary is held back until its 32 bytes are in.
-    """
+class PacketFramer:
+    """A data connection's bytes as packet headers and payload pieces (copied: they outlive
+    the input), through the relay's `DataFramer`."""
 
     def __init__(self) -> None:
-        self._header = bytearray()
-        self._payload_left = 0
+        self._framer = DataFramer()
 
     def feed(self, data: bytes) -> list[DataPart]:
         parts: list[DataPart] = []
-        view = memoryview(data)
-        while view:
-            if self._payload_left:
-                piece = view[: self._payload_left]
-                parts.append(bytes(piece))
-                self._payload_left -= len(piece)
-                view = view[len(piece) :]
-                continue
-            missing = DATA_HEADER_SIZE - len(self._header)
-            self._header += view[:missing]
-            view = view[missing:]
-            if len(self._header) == DATA_HEADER_SIZE:
-                header = DataHeader.decode(bytes(self._header))
-                self._header.clear()
-                self._payload_left = header.data_size
+        for header, payload, _complete in self._framer.feed(data):
+            if header is not None:
                 parts.append(header)
+            if payload:
+                parts.append(bytes(payload))
         return parts
 
     @property
     def pending(self) -> bytes:
         """Bytes of a data header not yet complete."""
-        return bytes(self._header)
+        return self._framer.partial_header
 
 
 def negotiated_minor(request: ControlRequest, reply: bytes) -> int | None:

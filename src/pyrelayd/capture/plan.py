@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pyrelayd.capture.framing import (
     ControlRequest,
     ControlRequestFramer,
-    DataFramer,
     DataPart,
+    PacketFramer,
     negotiated_minor,
     reply_size,
 )
@@ -68,7 +68,7 @@ class ReplayPlan:
 class _RecordedConnection:
     kind: Kind
     requests: ControlRequestFramer = dataclasses.field(default_factory=ControlRequestFramer)
-    packets: DataFramer = dataclasses.field(default_factory=DataFramer)
+    packets: PacketFramer = dataclasses.field(default_factory=PacketFramer)
     awaiting_reply: collections.deque[SendRequest] = dataclasses.field(
         default_factory=collections.deque
     )

@@ -133,4 +133,4 @@ def rewrite_data_header(header: DataHeader, ids: IdMap) -> DataHeader:
     stream_id = ids.stream(header.stream_id)
     if stream_id == header.stream_id:
         return header
-    return dataclasses.replace(header, stream_id=stream_id)
+    return header._replace(stream_id=stream_id)

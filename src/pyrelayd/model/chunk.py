@@ -8,17 +8,29 @@ runs (archive it, delete it, or leave it) and it leaves the registry.
 
 from __future__ import annotations
 
+import enum
+import functools
 import logging
 import os
 from pathlib import Path
 
-from pyrelayd.protocol.relayd import CloseCommand
+from pyrelayd.model.cleanup import attempt
+from pyrelayd.model.counters import RelayCounters
 from pyrelayd.storage import files, paths
 from pyrelayd.storage.fdpool import FdPool, PooledFile
 
 log = logging.getLogger(__name__)
 
 RegistryKey = tuple[bytes, int]  # (sessiond uuid, sessiond session id)
+
+
+class CloseCommand(enum.Enum):
+    """What happens to a trace chunk when its last holder lets go (lttng's
+    `lttng_trace_chunk_command_type`, with its values: `CloseCommand(wire_value)` converts)."""
+
+    MOVE_TO_COMPLETED = 0  # a rotation: archive it as archives/START-END-ID
+    NO_OPERATION = 1  # leave it where it is
+    DELETE = 2  # a clear: unlink its files and remove its empty directories
 
 
 class ChunkError(Exception):
@@ -34,6 +46,7 @@ class TraceChunk:
         session_directory: Path,
         override_name: str | None = None,
         pool: FdPool | None = None,
+        counters: RelayCounters | None = None,
     ) -> None:
         self.id = chunk_id
         self.creation_time = creation_time
@@ -52,6 +65,7 @@ class TraceChunk:
         self.path: str = path
         self.session_directory = session_directory
         self.pool = pool if pool is not None else FdPool()
+        self.counters = counters  # where its disk errors are counted
         self.close_command: CloseCommand | None = None
         self.top_level_directories: list[str] = []
         self._checked_directories: set[Path] = set()  # already seen to stay inside
@@ -85,12 +99,12 @@ class TraceChunk:
             self._release()
 
     def _release(self) -> None:
+        """Leave the registry, then run the close command (a failure is logged and counted:
+        whatever could be archived or deleted was)."""
         if self.registry is not None and self.registry_key is not None:
             self.registry.forget(self)
-        try:
-            self._run_close_command()
-        except OSError as error:
-            log.error("close command %s of %s failed: %s", self.close_command, self, error)
+        command = self.close_command.name if self.close_command is not None else "no"
+        attempt(self, f"close command {command}", self._run_close_command, self.counters)
 
     # ----------------------------------------------------------------- files
 
@@ -147,15 +161,27 @@ class TraceChunk:
         elif not old_path:
             # The chunk lives in the session directory itself: move its top-level directories.
             files.make_directories(base / new_path)
-            for top in self.top_level_directories:
-                if (base / top).exists():
-                    os.rename(base / top, base / new_path / top)
+            self._move_top_level_directories(base, base / new_path, new_path)
+            return
         else:
-            for top in self.top_level_directories:
-                if (base / old_path / top).exists():
-                    os.rename(base / old_path / top, base / top)
+            self._move_top_level_directories(base / old_path, base, new_path)
             files.remove_empty_tree(base / old_path)
         self.path = new_path
+
+    def _move_top_level_directories(self, source: Path, destination: Path,
+                                    new_path: str) -> None:
+        """Move each top-level directory that can be moved; the chunk is then at `new_path`
+        and the first failure (a directory left behind) is raised."""
+        failure: OSError | None = None
+        for top in self.top_level_directories:
+            try:
+                if (source / top).exists():
+                    os.rename(source / top, destination / top)
+            except OSError as error:
+                failure = failure or error
+        self.path = new_path
+        if failure is not None:
+            raise failure
 
     def set_close_time(self, close_time: int) -> None:
         self.close_time = close_time
@@ -173,23 +199,35 @@ class TraceChunk:
     def _move_to_completed(self) -> None:
         if self.id is None or self.close_time is None:
             return
+        if self.name_overridden:
+            raise ChunkError("a chunk whose name is overridden is not archived")
         archived = paths.chunk_name(self.id, self.creation_time, self.close_time)
         archives = self.session_directory / paths.ARCHIVES_DIRECTORY
         files.make_directories(archives)
         if self.path != paths.TMP_OLD_CHUNK:
-            self.rename_path(paths.TMP_OLD_CHUNK)
+            # Archived from wherever it is if this fails (what could move to it, moved).
+            attempt(self, f"moving it to {paths.TMP_OLD_CHUNK}",
+                    functools.partial(self.rename_path, paths.TMP_OLD_CHUNK), self.counters)
+        if not self.path:
+            log.error("%s: not archived: it could not leave the session directory", self)
+            return
         os.rename(self.session_directory / self.path, archives / archived)
         # Live viewers still reading this chunk find its files at their final place.
         self.path = f"{paths.ARCHIVES_DIRECTORY}/{archived}"
         log.info("trace chunk %s archived as %s", self.id, archives / archived)
 
     def _delete(self) -> None:
+        """Unlink every file it created, then its empty directories; each one that can be."""
         for relative in sorted(self.files):
-            self.unlink_file(relative)
+            attempt(self, f"deleting {relative}", functools.partial(self.unlink_file, relative),
+                    self.counters)
         for top in self.top_level_directories:
-            files.remove_empty_tree(self.directory / top)
+            attempt(self, f"removing {top}",
+                    functools.partial(files.remove_empty_tree, self.directory / top),
+                    self.counters)
         if self.path:
-            files.remove_empty_tree(self.directory)
+            attempt(self, "removing its directory",
+                    functools.partial(files.remove_empty_tree, self.directory), self.counters)
 
 
 class ChunkRegistry:

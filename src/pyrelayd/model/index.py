@@ -3,17 +3,61 @@
 A packet's index is built from two halves that arrive on different sockets: the data
 connection gives the packet's offset in its file, the control connection (SEND_INDEX) the
 rest. `PendingIndex` holds whichever half came first; the record is written once both exist.
+The control half is kept as a `PacketIndex` (its offset is the data half's); when the data
+half came first, as it nearly always does, the record is written from the control half as
+it arrives, with nothing kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Protocol
 
-from pyrelayd.protocol.index import encode_header, encode_record
-from pyrelayd.protocol.relayd import SendIndex
+from pyrelayd.constants import UINT64_MAX as UINT64_MAX
+from pyrelayd.protocol.index import PacketIndex, encode_header, encode_record
 from pyrelayd.storage.fdpool import PooledFile
 
-UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+class PacketDescription(Protocol):
+    """What a packet's index says of it besides its offset (`PacketIndex` is one)."""
+
+    @property
+    def packet_size(self) -> int: ...  # bits; 0 in a live beacon
+    @property
+    def content_size(self) -> int: ...  # bits
+    @property
+    def timestamp_begin(self) -> int: ...
+    @property
+    def timestamp_end(self) -> int: ...
+    @property
+    def events_discarded(self) -> int: ...
+    @property
+    def stream_id(self) -> int: ...  # the CTF stream class id
+    @property
+    def stream_instance_id(self) -> int: ...
+    @property
+    def packet_seq_num(self) -> int: ...
+
+
+class ControlHalf(PacketDescription, Protocol):
+    """The control half of a packet's index: its description and its `net_seq_num`
+    (what a SEND_INDEX request carries; the decoded request itself is one)."""
+
+    @property
+    def net_seq_num(self) -> int: ...
+
+
+def is_beacon(packet: PacketDescription) -> bool:
+    """A live-timer beacon of an idle stream (no packet): never written to disk."""
+    return packet.packet_size == 0
+
+
+def packet_index(control: PacketDescription, offset: int = 0) -> PacketIndex:
+    """`control` as the domain value (at `offset`)."""
+    return PacketIndex(offset, control.packet_size, control.content_size,
+                       control.timestamp_begin, control.timestamp_end, control.events_discarded,
+                       control.stream_id, control.stream_instance_id, control.packet_seq_num)
 
 
 class IndexFile:
@@ -23,48 +67,57 @@ class IndexFile:
         self.file = file
         self.index_minor = index_minor
         self.references = 1
-        file.write(encode_header(index_minor))
+        try:
+            file.write(encode_header(index_minor))
+        except OSError:
+            with contextlib.suppress(OSError):
+                file.close()  # nobody else will: the error goes to the caller
+            raise
 
     def get(self) -> IndexFile:
         self.references += 1
         return self
 
     def put(self) -> None:
+        """Drop a reference; the last one closes the file (its write errors are raised)."""
         self.references -= 1
         if self.references == 0:
             self.file.close()
 
+    def append_record(self, offset: int, packet: PacketDescription) -> None:
+        """The record of the packet at `offset` of its data file."""
+        self.file.append(encode_record(
+            self.index_minor, offset, packet.packet_size, packet.content_size,
+            packet.timestamp_begin, packet.timestamp_end, packet.events_discarded,
+            packet.stream_id, packet.stream_instance_id, packet.packet_seq_num))
+
     def append(self, index: PendingIndex) -> None:
         """The record of a complete index."""
-        self.file.append(index.encode(self.index_minor))
+        assert index.packet is not None
+        self.append_record(index.offset, index.packet)
 
 
 @dataclasses.dataclass(slots=True)
 class PendingIndex:
     net_seq_num: int
-    control: SendIndex | None = None
+    packet: PacketIndex | None = None  # the control half (its offset is `offset`)
     index_file: IndexFile | None = None
     offset: int = 0
     total_size: int = 0  # data + padding bytes of the packet, once its data is in
 
     @property
     def complete(self) -> bool:
-        return self.control is not None and self.index_file is not None
+        return self.packet is not None and self.index_file is not None
 
     def encode(self, index_minor: int) -> bytes:
         """The index record, once complete."""
-        assert self.control is not None
-        c = self.control
-        return encode_record(
-            index_minor, self.offset, c.packet_size, c.content_size, c.timestamp_begin,
-            c.timestamp_end, c.events_discarded, c.stream_id, c.stream_instance_id,
-            c.packet_seq_num,
-        )
+        assert self.packet is not None
+        return dataclasses.replace(self.packet, offset=self.offset).encode(index_minor)
 
     def release(self) -> None:
         if self.index_file is not None:
-            self.index_file.put()
-            self.index_file = None
+            index_file, self.index_file = self.index_file, None
+            index_file.put()
 
 
 class TracefileArray:

@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from pyrelayd.config import GroupOutputBy
-from pyrelayd.model.chunk import ChunkError, ChunkRegistry, TraceChunk
+from pyrelayd.model.chunk import ChunkError, ChunkRegistry, CloseCommand, TraceChunk
+from pyrelayd.model.cleanup import attempt
 from pyrelayd.model.counters import RelayCounters, SessionLedger
 from pyrelayd.model.session import RelaySession, SessionInfo
 from pyrelayd.model.stream import RelayStream
-from pyrelayd.protocol.relayd import CloseCommand
 from pyrelayd.storage import files, paths
 from pyrelayd.storage.fdpool import FdPool
 
 log = logging.getLogger(__name__)
 
 
-class RelayError(Exception):
-    """A request the relay refuses; `code` is the lttng return code to send back."""
+class Refusal(enum.Enum):
+    """Why the relay refuses a request, in its own terms (the handler picks the reply)."""
 
-    def __init__(self, message: str, code: int) -> None:
+    NO_CURRENT_CHUNK = "the session has no current trace chunk"
+    ABSOLUTE_STREAM_PATH = "the stream path is absolute"
+    STREAM_FILES = "the stream's files cannot be created"
+    INVALID_CLOSE_TIME = "the close time cannot name a trace chunk"
+    UNKNOWN_CHUNK = "no such trace chunk"
+    CLEAR_DISALLOWED = "clearing is disallowed on this relay"
+    NOT_THE_CHUNK_BEING_CLOSED = "another trace chunk is being closed"
+    UNKNOWN_SESSIOND = "no trace chunk of this session daemon"
+
+
+class RelayError(Exception):
+    """A request the relay refuses: `refusal` says why.
+
+    `code` is what lttng-relayd sends back for it: a stream handle for ADD_STREAM refusals
+    (the handle is taken, as lttng-relayd does), an lttng return code otherwise.
+    """
+
+    def __init__(self, message: str, code: int, refusal: Refusal | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.refusal = refusal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +117,8 @@ class Relay:
             files.make_directories(directory)
             if info.minor < 11:
                 # Old peers send full paths: one anonymous chunk at the output root.
-                chunk = TraceChunk(None, info.creation_time, "", root, pool=self.fd_pool)
+                chunk = TraceChunk(None, info.creation_time, "", root, pool=self.fd_pool,
+                                   counters=self.counters)
         self._last_session_id += 1
         session = RelaySession(self, self._last_session_id, info, output_path, directory)
         session.current_chunk = chunk
@@ -138,12 +158,14 @@ class Relay:
             )
         if session.current_chunk is None:
             handle = self.next_stream_handle()
-            raise RelayError(f"{session} has no current trace chunk", handle)
+            raise RelayError(f"{session} has no current trace chunk", handle,
+                             Refusal.NO_CURRENT_CHUNK)
         if raw_path.startswith("//"):
             # lttng-relayd drops one leading '/' (pre-2.11 peers) and its trace chunk then
             # refuses the still absolute path, after the handle was taken.
             handle = self.next_stream_handle()
-            raise RelayError(f"stream path {raw_path!r} is absolute", handle)
+            raise RelayError(f"stream path {raw_path!r} is absolute", handle,
+                             Refusal.ABSOLUTE_STREAM_PATH)
         trace = session.trace_for(path_name)
         handle = self.next_stream_handle()
         try:
@@ -154,7 +176,8 @@ class Relay:
                 session.traces.pop(path_name, None)
             if isinstance(error, paths.UnsafeNameError):
                 raise  # a bad path: answered with no handle, as lttng-relayd does
-            raise RelayError(f"cannot create stream files: {error}", handle) from error
+            raise RelayError(f"cannot create stream files: {error}", handle,
+                             Refusal.STREAM_FILES) from error
         self.streams[handle] = stream
         session.stream_added(stream)
         return stream
@@ -180,7 +203,7 @@ class Relay:
         else:
             new_path = paths.TMP_NEW_CHUNK
         chunk = TraceChunk(chunk_id, creation_time, new_path, session.directory, override_name,
-                           pool=self.fd_pool)
+                           pool=self.fd_pool, counters=self.counters)
         if chunk.path:
             # Made now, as lttng-relayd does, not with the first stream file: a chunk in which
             # nothing was recorded (e.g. per-pid buffers and no application yet) must still be
@@ -197,19 +220,28 @@ class Relay:
             session.ongoing_rotation = False
 
     def close_trace_chunk(self, session: RelaySession, chunk_id: int, close_time: int,
-                          command: CloseCommand | None) -> str:
-        """Close a chunk; returns the path (relative to the output root) the peer reports."""
+                          command: CloseCommand | int | None) -> str:
+        """Close a chunk; returns the path (relative to the output root) the peer reports.
+
+        `command` is a `CloseCommand` or its value (ValueError if it has none).
+        """
+        if command is not None:
+            command = CloseCommand(command)
         try:
             paths.iso8601_str(close_time)  # it names the chunk: refuse it before anything moves
         except paths.UnsafeNameError as error:
-            raise RelayError(str(error), 97) from None  # LTTNG_ERR_INVALID
-        chunk = self.chunks.find(session.registry_key, chunk_id)
+            raise RelayError(str(error), 97,  # LTTNG_ERR_INVALID
+                             Refusal.INVALID_CLOSE_TIME) from None
+        chunk = self.find_chunk(session, chunk_id)
         if chunk is None:
-            raise RelayError(f"unknown trace chunk {chunk_id}", 26)  # NOMEM, as lttng does
+            raise RelayError(f"unknown trace chunk {chunk_id}", 26,  # NOMEM, as lttng does
+                             Refusal.UNKNOWN_CHUNK)
         if command is CloseCommand.DELETE and not self.settings.allow_clear:
-            raise RelayError("clear is disallowed on this relay", 152)
+            raise RelayError("clear is disallowed on this relay", 152,
+                             Refusal.CLEAR_DISALLOWED)
         if session.pending_closure_chunk is not None and session.pending_closure_chunk is not chunk:
-            raise RelayError(f"trace chunk {chunk_id} is not the one being closed", 152)
+            raise RelayError(f"trace chunk {chunk_id} is not the one being closed", 152,
+                             Refusal.NOT_THE_CHUNK_BEING_CLOSED)
         current = session.current_chunk
         if current is not None and current is not chunk and not current.name_overridden:
             if command is CloseCommand.DELETE and not session.has_rotated:
@@ -239,18 +271,38 @@ class Relay:
             pending.put()
         return path
 
+    def find_chunk(self, session: RelaySession, chunk_id: int) -> TraceChunk | None:
+        """The published trace chunk `chunk_id` of the session's sessiond session (no new
+        reference: take one with `get()` to keep it)."""
+        return self.chunks.find(session.registry_key, chunk_id)
+
     def trace_chunk_exists(self, session: RelaySession, chunk_id: int) -> bool:
         if not self.chunks.knows_sessiond(session.info.sessiond_uuid):
-            raise RelayError("no trace chunk registry for this session daemon", 152)
-        return self.chunks.find(session.registry_key, chunk_id) is not None
+            raise RelayError("no trace chunk registry for this session daemon", 152,
+                             Refusal.UNKNOWN_SESSIOND)
+        return self.find_chunk(session, chunk_id) is not None
+
+    # ----------------------------------------------------------------- data pending
+
+    def begin_data_pending(self, session_id: int) -> None:
+        """BEGIN_DATA_PENDING for a session (by id; any session of the relay, as lttng)."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.begin_data_pending()
+
+    def end_data_pending(self, session_id: int) -> bool:
+        """END_DATA_PENDING: True while a stream of the session was not asked about."""
+        session = self.sessions.get(session_id)
+        return session is not None and session.end_data_pending()
 
     # ----------------------------------------------------------------- shutdown
 
     def shutdown(self) -> None:
-        """Relay stopping: every session is aborted, every stream closed, chunks released."""
+        """Relay stopping: every session is aborted, every stream closed, chunks released
+        (each session whatever happens to the others)."""
         for session in list(self.sessions.values()):
             session.abort()
-            session.close()
+            attempt(session, "closing", session.close, self.counters)
 
     @staticmethod
     def now() -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyrelayd.model.chunk import RegistryKey, TraceChunk
+from pyrelayd.model.cleanup import attempt
 from pyrelayd.model.counters import Received
 from pyrelayd.model.trace import CtfTrace
 from pyrelayd.protocol.relayd import TraceFormat
@@ -136,14 +138,27 @@ class RelaySession:
                 viewer.streams_published(self)
 
     def stream_closed(self, stream: RelayStream) -> None:
-        if self.streams.pop(stream.handle, None) is not None:
-            self.received_by_closed_streams.add_stream(stream)
-        if stream in self.unpublished:
-            self.unpublished.remove(stream)
-        self.relay.stream_closed(stream)
-        if not any(s.trace is stream.trace for s in self.streams.values()):
-            self.traces.pop(stream.trace.path, None)
-        self.put()
+        try:
+            if self.streams.pop(stream.handle, None) is not None:
+                self.received_by_closed_streams.add_stream(stream)
+            if stream in self.unpublished:
+                self.unpublished.remove(stream)
+            self.relay.stream_closed(stream)
+            if not any(s.trace is stream.trace for s in self.streams.values()):
+                self.traces.pop(stream.trace.path, None)
+        finally:
+            self.put()
+
+    # ----------------------------------------------------------------- data pending
+
+    def begin_data_pending(self) -> None:
+        """BEGIN_DATA_PENDING: forget which streams were asked about."""
+        for stream in self.streams.values():
+            stream.begin_data_pending()
+
+    def end_data_pending(self) -> bool:
+        """END_DATA_PENDING: True while a stream was neither asked about nor quiescent."""
+        return any(not stream.data_pending_checked for stream in self.streams.values())
 
     # ----------------------------------------------------------------- lifetime
 
@@ -157,20 +172,25 @@ class RelaySession:
             self._release()
 
     def close(self) -> None:
-        """A connection of this session went away: close every stream once its data is in."""
+        """A connection of this session went away: close every stream once its data is in
+        (each one, whatever happens to the others)."""
         self.connection_closed = True
         for stream in self.all_streams():
-            stream.request_close(None)
+            attempt(self, f"closing {stream!r}", functools.partial(stream.request_close, None),
+                    self.relay.counters)
 
     def abort(self) -> None:
         self.aborted = True
 
     def _release(self) -> None:
+        """The last holder is gone: drop the chunks (archiving them) and leave the relay,
+        even if a chunk fails to close."""
         self.released = True
-        for chunk in (self.current_chunk, self.pending_closure_chunk):
-            if chunk is not None:
-                chunk.put()
+        chunks = (self.current_chunk, self.pending_closure_chunk)
         self.current_chunk = self.pending_closure_chunk = None
+        for chunk in chunks:
+            if chunk is not None:
+                attempt(self, f"releasing {chunk!r}", chunk.put, self.relay.counters)
         self.relay.session_released(self)
         log.info("session %d [%s/%s]: destroyed%s", self.id, self.hostname, self.name,
                  " (aborted: a connection failed or the relay stopped)" if self.aborted else "")

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pyrelayd.constants import UINT64_MAX as UINT64_MAX
 from pyrelayd.model.chunk import TraceChunk
-from pyrelayd.model.index import IndexFile, PendingIndex, TracefileArray
+from pyrelayd.model.cleanup import attempt
+from pyrelayd.model.counters import ErrorKind
+from pyrelayd.model.index import (
+    ControlHalf,
+    IndexFile,
+    PacketDescription,
+    PendingIndex,
+    TracefileArray,
+    packet_index,
+)
 from pyrelayd.protocol.index import index_minor_for
-from pyrelayd.protocol.relayd import SendIndex
 from pyrelayd.storage import paths
 from pyrelayd.storage.fdpool import PooledFile
 
@@ -23,8 +33,6 @@ if TYPE_CHECKING:
     from pyrelayd.model.trace import CtfTrace
 
 log = logging.getLogger(__name__)
-
-UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def seq_before(a: int, b: int) -> bool:
@@ -93,6 +101,7 @@ class RelayStream:
         self.tracefile_array = TracefileArray(self.tracefile_count)
         self.close_requested = False
         self.closed = False
+        self.close_error: BaseException | None = None  # the first failure while closing
         self.published = False
         self.data_pending_checked = False
         self._rotate_index_file = False
@@ -100,6 +109,10 @@ class RelayStream:
 
     def __repr__(self) -> str:
         return f"RelayStream({self.handle}, {self.path_name}/{self.channel_name})"
+
+    def describe(self) -> str:
+        """The stream and its session, for messages."""
+        return f"{self.session!r} {self!r}"
 
     @property
     def session(self) -> RelaySession:
@@ -140,14 +153,14 @@ class RelayStream:
         self.data_file = chunk.create_file(path, unlink_first=self.tracefile_wrapped)
 
     def _close_data_file(self) -> None:
-        if self.data_file is not None:
-            self.data_file.close()
-            self.data_file = None
+        file, self.data_file = self.data_file, None  # let go of it even if closing fails
+        if file is not None:
+            file.close()
 
     def _drop_index_file(self) -> None:
-        if self.index_file is not None:
-            self.index_file.put()
-            self.index_file = None
+        index_file, self.index_file = self.index_file, None
+        if index_file is not None:
+            index_file.put()
 
     def _create_index_file(self, chunk: TraceChunk) -> None:
         self._drop_index_file()
@@ -189,7 +202,8 @@ class RelayStream:
         self.data_file.append(data)
 
     def end_packet(self, net_seq_num: int, data_size: int, padding_size: int) -> None:
-        """The packet's payload is on disk: pad it, index it, and advance the stream."""
+        """The packet's payload is on disk: pad it, index it, and advance the stream; a
+        stream whose close was requested closes once its last packet is in."""
         assert self.data_file is not None
         self.data_file.write_zeros(padding_size)
         total = data_size + padding_size
@@ -207,6 +221,8 @@ class RelayStream:
             self._try_rotate_index()
         self.prev_data_seq = net_seq_num
         self._try_rotate_data()
+        if self.close_requested:
+            self.try_close()
 
     def _add_data_half(self, net_seq_num: int, total_size: int) -> bool:
         assert self.chunk is not None
@@ -224,25 +240,32 @@ class RelayStream:
         return self._try_flush(index)
 
     def _try_flush(self, index: PendingIndex) -> bool:
-        if not index.complete:
+        """The data half is in: write the record if the control half is too."""
+        if index.packet is None:
             return False
-        assert index.index_file is not None and index.control is not None
-        index.index_file.append(index)
+        self._write_record(index, index.packet)
+        return True
+
+    def _write_record(self, index: PendingIndex, packet: PacketDescription) -> None:
+        """Both halves are in (the data half in `index`): write the record, forget `index`."""
+        index_file = index.index_file
+        assert index_file is not None
+        index_file.append_record(index.offset, packet)
         index.release()
         del self.pending_indexes[index.net_seq_num]
         self.tracefile_array.rotate_read()
         self.tracefile_array.commit(self.index_received_seqcount)
         if not self.index_received_seqcount:
-            self.first_timestamp_begin = index.control.timestamp_begin
+            self.first_timestamp_begin = packet.timestamp_begin
         self.index_received_seqcount += 1
-        self.received_packet_seq_num = index.control.packet_seq_num
-        self.timestamp_end = index.control.timestamp_end
-        return True
+        self.received_packet_seq_num = packet.packet_seq_num
+        self.timestamp_end = packet.timestamp_end
 
     # ----------------------------------------------------------------- control side
 
-    def add_index(self, info: SendIndex) -> None:
-        if info.is_beacon:
+    def add_index(self, info: ControlHalf) -> None:
+        """The control half of a packet's index (SEND_INDEX), or a live beacon."""
+        if info.packet_size == 0:
             # A live beacon: the stream is idle up to timestamp_end. Never written to disk.
             # Taken even before the first index (lttng-relayd 2.15+): a stream that never had
             # a packet is then INACTIVE, with the beacon's stream id, rather than RETRY forever.
@@ -254,17 +277,21 @@ class RelayStream:
         self.beacon_ts_end = UINT64_MAX
         if self.ctf_stream_id == UINT64_MAX:
             self.ctf_stream_id = info.stream_id
-        index = self.pending_indexes.get(info.net_seq_num)
-        if index is None:
-            index = self.pending_indexes[info.net_seq_num] = PendingIndex(info.net_seq_num)
-        if index.control is not None:
-            raise StreamError(f"{self}: index {info.net_seq_num} received twice")
-        index.control = info
-        if self._try_flush(index):
-            self.pos_after_last_complete_data_index += index.total_size
-            self.prev_index_seq = info.net_seq_num
-            self._try_rotate_index()
-            self._try_rotate_data()
+        net_seq_num = info.net_seq_num
+        index = self.pending_indexes.get(net_seq_num)
+        if index is None:  # before its data: kept as a domain value until the data comes
+            self.pending_indexes[net_seq_num] = PendingIndex(net_seq_num, packet_index(info))
+            return
+        if index.packet is not None:
+            raise StreamError(f"{self}: index {net_seq_num} received twice")
+        if index.index_file is None:
+            index.packet = packet_index(info)
+            return
+        self._write_record(index, info)
+        self.pos_after_last_complete_data_index += index.total_size
+        self.prev_index_seq = net_seq_num
+        self._try_rotate_index()
+        self._try_rotate_data()
 
     def end_metadata(self, length: int, padding_size: int) -> None:
         """A SEND_METADATA of `length` bytes was written with `write`: pad and count it."""
@@ -286,7 +313,16 @@ class RelayStream:
         self.prev_data_seq = 0
         self.prev_index_seq = 0
 
+    def begin_data_pending(self) -> None:
+        """BEGIN_DATA_PENDING: the session daemon is about to ask about each stream."""
+        self.data_pending_checked = False
+
+    def mark_quiescent(self) -> None:
+        """QUIESCENT_CONTROL: the stream is idle; it counts as asked about."""
+        self.data_pending_checked = True
+
     def data_pending(self, last_net_seq_num: int) -> bool:
+        """DATA_PENDING: whether packets up to `last_net_seq_num` are still on their way."""
         self.data_pending_checked = True
         seq = self.prev_data_seq
         if self.session.has_indexes and not self.is_metadata:
@@ -426,8 +462,8 @@ class RelayStream:
             # so halves holding only data are dropped; the newest pending packet is the end.
             for seq, index in list(self.pending_indexes.items()):
                 if index.index_file is not None:
-                    index.release()
                     del self.pending_indexes[seq]
+                    self._attempt("releasing an index file", index.release)
             if self.pending_indexes:
                 self.last_net_seq_num = max(self.pending_indexes)
         if (
@@ -439,19 +475,43 @@ class RelayStream:
         self.close()
 
     def close(self) -> None:
+        """Close the files, drop the trace chunks and unregister the stream.
+
+        Runs to the end whatever fails on the way: a failure (the last writes of a file on a
+        full disk, a chunk that cannot be archived) is logged with the session and stream,
+        counted, and kept in `close_error`; the stream is closed and unregistered anyway.
+        """
         if self.closed:
             return
         self.closed = True
-        for index in self.pending_indexes.values():
-            index.release()
-        self.pending_indexes.clear()
-        self._close_data_file()
-        self._drop_index_file()
-        if self.rotation is not None and self.rotation.next_chunk is not None:
-            self.rotation.next_chunk.put()
-        self.rotation = None
-        if self.chunk is not None:
-            self.chunk.put()
-            self.chunk = None
-        log.debug("%s closed", self)
+        pending, self.pending_indexes = list(self.pending_indexes.values()), {}
+        for index in pending:
+            self._attempt("releasing an index file", index.release)
+        self._attempt("closing the data file", self._close_data_file)
+        self._attempt("closing the index file", self._drop_index_file)
+        rotation, self.rotation = self.rotation, None
+        if rotation is not None and rotation.next_chunk is not None:
+            self._attempt("releasing the next trace chunk", rotation.next_chunk.put)
+        chunk, self.chunk = self.chunk, None
+        if chunk is not None:
+            self._attempt("releasing its trace chunk", chunk.put)
+        if self.close_error is None:
+            log.debug("%s closed", self.describe())
+        else:
+            log.warning("%s closed after a failure: %s", self.describe(), self.close_error)
         self.trace.stream_closed(self)
+
+    def fail(self, error: OSError) -> None:
+        """A file of this stream cannot be written: report it (logged, counted as a disk
+        error: callers do not count it again) and close the stream; the rest of its
+        session goes on."""
+        log.error("%s: cannot write: %s; closing the stream", self.describe(), error)
+        self.session.relay.counters.count(ErrorKind.DISK)
+        if self.close_error is None:
+            self.close_error = error
+        self.close()
+
+    def _attempt(self, step: str, action: Callable[[], object]) -> None:
+        error = attempt(self.describe(), step, action, self.session.relay.counters)
+        if self.close_error is None:
+            self.close_error = error

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from pyrelayd.constants import UINT64_MAX as UINT64_MAX
 from pyrelayd.model.chunk import TraceChunk
 from pyrelayd.protocol.index import HEADER, IndexFormatError, IndexHeader, PacketIndex
 from pyrelayd.protocol.relayd import TraceFormat
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 NO_FLAGS = ViewerFlag(0)
 
 
@@ -114,14 +114,14 @@ class ViewerStream:
         self.pool = stream.session.relay.fd_pool
         if stream.index_file is not None and chunk is not None:
             try:
-                self._open_index()
+                self.open_index()
             except FileNotFoundError:
                 pass
             else:
                 if seek is Seek.LAST and self.index_fd is not None:
                     self.index_position = os.fstat(self.index_fd).st_size
         if stream.data_file is not None and chunk is not None:
-            self.data_fd = self.open_read_only(self._path(self._file_name()))
+            self.open_data_file()
 
     def __repr__(self) -> str:
         return f"ViewerStream({self.handle})"
@@ -147,7 +147,13 @@ class ViewerStream:
             self.pool.unhold()
             raise
 
-    def _open_index(self) -> None:
+    def open_data_file(self) -> int:
+        """Open the current tracefile (data, or metadata) of the stream in its chunk."""
+        self.data_fd = self.open_read_only(self._path(self._file_name()))
+        return self.data_fd
+
+    def open_index(self) -> None:
+        """Open the index file of the current tracefile and read its header."""
         name = f"{paths.INDEX_DIRECTORY}/{self._file_name()}{paths.INDEX_SUFFIX}"
         fd = self.open_read_only(self._path(name))
         try:
@@ -435,7 +441,7 @@ class ViewerSession:
             if viewer_stream.chunk is None:
                 return reply(IndexStatus.HUP if stream.closed else IndexStatus.RETRY)
             try:
-                viewer_stream._open_index()
+                viewer_stream.open_index()
             except FileNotFoundError:
                 if stream.closed:
                     self._drop(viewer_stream)
@@ -446,8 +452,7 @@ class ViewerSession:
                 return reply(IndexStatus.ERR)
         if viewer_stream.data_fd is None:
             try:
-                viewer_stream.data_fd = viewer_stream.open_read_only(
-                    viewer_stream._path(viewer_stream._file_name()))
+                viewer_stream.open_data_file()
             except OSError as error:
                 if error.errno == errno.ENOENT and stream.closed:
                     self._drop(viewer_stream)
@@ -507,10 +512,10 @@ class ViewerSession:
             if stream.session.connection_closed:
                 self._drop(viewer_stream)
             return MetadataStatus.NO_NEW_METADATA, b""
-        if viewer_stream.data_fd is None:
+        fd = viewer_stream.data_fd
+        if fd is None:
             try:
-                viewer_stream.data_fd = viewer_stream.open_read_only(
-                    viewer_stream._path(viewer_stream._file_name()))
+                fd = viewer_stream.open_data_file()
             except FileNotFoundError:
                 if stream.closed:
                     self._drop(viewer_stream)
@@ -520,7 +525,7 @@ class ViewerSession:
             # A new chunk's metadata file repeats what was sent: resume after it.
             viewer_stream.metadata_position = viewer_stream.metadata_sent
         try:
-            data = os.pread(viewer_stream.data_fd, length, viewer_stream.metadata_position)
+            data = os.pread(fd, length, viewer_stream.metadata_position)
         except OSError as error:
             log.warning("%s: metadata file unreadable: %s", viewer_stream, error)
             return MetadataStatus.ERR, b""

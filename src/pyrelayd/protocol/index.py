@@ -6,12 +6,13 @@ import dataclasses
 import struct
 from collections.abc import Iterator
 
+from pyrelayd.constants import UINT64_MAX as UINT64_MAX
+
 INDEX_MAGIC = 0xC1F1DCC1
 INDEX_MAJOR = 1
 HEADER = struct.Struct(">IIII")  # magic, major, minor, packet_index_len
 RECORD_1_0 = struct.Struct(">7Q")
 RECORD_1_1 = struct.Struct(">9Q")
-UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class IndexFormatError(ValueError):

@@ -12,7 +12,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
-from typing import ClassVar, Self
+from collections.abc import Callable, Iterator
+from typing import ClassVar, NamedTuple, Self
+
+from pyrelayd.constants import UINT32_MAX as UINT32_MAX
+from pyrelayd.constants import UINT64_MAX as UINT64_MAX
 
 RELAYD_VERSION_MAJOR = 2
 # What the relay announces in its VERSION reply: 15, as lttng-relayd 2.15 and 2.16 do. A 2.15+
@@ -26,8 +30,6 @@ DATA_HEADER_SIZE = DATA_HEADER.size  # 32
 
 # A control payload larger than this closes the connection (lttng's own limit).
 MAX_CONTROL_PAYLOAD = 128 * 1024 * 1024
-UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
-UINT32_MAX = 0xFFFF_FFFF
 
 # Field limits of lttng 2.13 (sessiond-comm/relayd.h, lttng/constant.h, defaults.h).
 NAME_MAX = 255  # LTTNG_NAME_MAX
@@ -114,8 +116,10 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------------- headers
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ControlHeader:
+class ControlHeader(NamedTuple):
+    """The 24-byte header of every control request (a named tuple: one is decoded per
+    request, and a tuple is several times cheaper to build than a frozen dataclass)."""
+
     command: int
     data_size: int
     circuit_id: int = 0
@@ -124,7 +128,7 @@ class ControlHeader:
     @classmethod
     def decode(cls, raw: bytes | bytearray | memoryview) -> ControlHeader:
         circuit_id, data_size, command, command_version = CONTROL_HEADER.unpack(raw)
-        return cls(command, data_size, circuit_id, command_version)
+        return tuple.__new__(cls, (command, data_size, circuit_id, command_version))
 
     def encode(self) -> bytes:
         return CONTROL_HEADER.pack(
@@ -132,8 +136,9 @@ class ControlHeader:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DataHeader:
+class DataHeader(NamedTuple):
+    """The 32-byte header of every data packet (a named tuple: one is decoded per packet)."""
+
     stream_id: int
     net_seq_num: int
     data_size: int
@@ -143,7 +148,7 @@ class DataHeader:
     @classmethod
     def decode(cls, raw: bytes | bytearray | memoryview) -> DataHeader:
         circuit_id, stream_id, net_seq_num, data_size, padding = DATA_HEADER.unpack(raw)
-        return cls(stream_id, net_seq_num, data_size, padding, circuit_id)
+        return tuple.__new__(cls, (stream_id, net_seq_num, data_size, padding, circuit_id))
 
     def encode(self) -> bytes:
         return DATA_HEADER.pack(
@@ -633,6 +638,268 @@ MAX_REQUEST_PAYLOAD: dict[int, int] = {  # by command (an IntEnum: a plain int f
 # ROTATE_STREAMS must be read whole (its size is checked exactly); bound the stream count.
 MAX_ROTATE_STREAMS = 1 << 20
 MAX_REQUEST_PAYLOAD[Command.ROTATE_STREAMS] = 20 + 16 * MAX_ROTATE_STREAMS
+
+
+def request_payload_limit(command: int) -> int:
+    """How much of a request's payload the relay keeps; the rest is drained unread."""
+    return MAX_REQUEST_PAYLOAD.get(command, 0)  # unknown commands: nothing
+
+
+# --------------------------------------------------------------------------- framing
+# Bytes in, whole messages out, whatever the TCP segmentation: the server and the capture tool
+# feed what they receive and act on what comes out. Every length is checked before anything
+# is kept, and nothing is kept beyond what a command can use.
+
+
+class ControlRequest(NamedTuple):
+    """One control request, header fields kept as sent (circuit id, command version).
+
+    `payload` is what the framer kept: all of it, or at most the command's limit (the
+    excess is drained), or for a streamed SEND_METADATA its fixed part only.
+    """
+
+    header: ControlHeader
+    payload: bytes
+
+    @property
+    def command(self) -> int:
+        return self.header.command
+
+    @property
+    def name(self) -> str:
+        return command_name(self.header.command)
+
+    def encode(self) -> bytes:
+        return self.header.encode() + self.payload
+
+
+class MetadataBytes(NamedTuple):
+    """A piece of a streamed SEND_METADATA payload (after its fixed part), in order.
+
+    `data` points into the bytes given to `ControlFramer.feed`: use it before feeding more.
+    The last piece (`last`, possibly empty) ends the request.
+    """
+
+    data: bytes | memoryview
+    last: bool
+
+
+ControlEvent = ControlRequest | MetadataBytes
+
+
+def command_name(command: int) -> str:
+    try:
+        return Command(command).name
+    except ValueError:
+        return f"command {command}"
+
+
+class ControlFramer:
+    """Cuts a control connection's bytes (24-byte header, then `data_size` bytes) into events.
+
+    The relay's framer (the defaults) refuses payloads over `max_payload` before keeping
+    any byte of them (ProtocolError: close the connection), keeps at most
+    `payload_limit(command)` bytes of each request and drains the rest, and streams
+    SEND_METADATA payloads out as `MetadataBytes` instead of buffering them. With
+    `payload_limit=None` and `stream_metadata=False` (the capture tool), every request comes
+    out whole, as sent.
+
+    Iterate each `feed` to its end before the next one (or stop using the framer).
+    """
+
+    __slots__ = ("_buffer", "_discard", "_emitted", "_header", "_keep", "_limit",
+                 "_max_payload", "_metadata_left", "_stream_metadata")
+
+    def __init__(self, *, payload_limit: Callable[[int], int] | None = request_payload_limit,
+                 max_payload: int | None = MAX_CONTROL_PAYLOAD,
+                 stream_metadata: bool = True) -> None:
+        self._limit = payload_limit
+        self._max_payload = max_payload
+        self._stream_metadata = stream_metadata
+        self._buffer = bytearray()  # an incomplete header, or the payload kept so far
+        self._header: ControlHeader | None = None  # of the request whose bytes are arriving
+        self._emitted = False  # the current request went out; its metadata/excess follows
+        self._keep = 0  # payload bytes to keep for the current request
+        self._metadata_left = 0
+        self._discard = 0
+
+    @property
+    def in_message(self) -> bool:
+        """True in the middle of a request (a stalled peer), False between two."""
+        return self._header is not None or bool(self._buffer)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete header or payload."""
+        return len(self._buffer)
+
+    @property
+    def discarding(self) -> int:
+        """Payload bytes of the current request still to drain."""
+        return self._discard
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes of the incomplete request received so far, as they were sent (those
+        not drained or streamed out)."""
+        if self._header is not None and not self._emitted:
+            return self._header.encode() + bytes(self._buffer)
+        return bytes(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[ControlEvent]:
+        view = memoryview(data)
+        end = len(view)
+        position = 0
+        buffer = self._buffer
+        while True:
+            header = self._header
+            if header is None:
+                if buffer:  # complete the header cut by the end of the last input
+                    take = min(CONTROL_HEADER_SIZE - len(buffer), end - position)
+                    buffer += view[position : position + take]
+                    position += take
+                    if len(buffer) < CONTROL_HEADER_SIZE:
+                        return
+                    header = ControlHeader.decode(buffer)
+                    buffer.clear()
+                elif end - position >= CONTROL_HEADER_SIZE:
+                    header = ControlHeader.decode(
+                        view[position : position + CONTROL_HEADER_SIZE])
+                    position += CONTROL_HEADER_SIZE
+                else:
+                    if position < end:
+                        buffer += view[position:end]
+                    return
+                self._start(header)
+            if not self._emitted:
+                keep = self._keep
+                if buffer or end - position < keep:
+                    take = min(keep - len(buffer), end - position)
+                    buffer += view[position : position + take]
+                    position += take
+                    if len(buffer) < keep:
+                        return
+                    payload = bytes(buffer)
+                    buffer.clear()
+                else:
+                    payload = bytes(view[position : position + keep])
+                    position += keep
+                self._emitted = True
+                yield tuple.__new__(ControlRequest, (header, payload))
+                if self._metadata_left == 0 and self._header is not None and (
+                        header.command == Command.SEND_METADATA and self._stream_metadata):
+                    self._header = None
+                    yield MetadataBytes(b"", True)
+                    continue
+            if self._metadata_left:
+                take = min(self._metadata_left, end - position)
+                if not take:
+                    return
+                self._metadata_left -= take
+                last = not self._metadata_left
+                if last:
+                    self._header = None
+                piece = view[position : position + take]
+                position += take
+                yield MetadataBytes(piece, last)
+                continue
+            if self._discard:
+                take = min(self._discard, end - position)
+                self._discard -= take
+                position += take
+                if self._discard:
+                    return
+            self._header = None
+
+    def _start(self, header: ControlHeader) -> None:
+        size = header.data_size
+        if self._max_payload is not None and size > self._max_payload:
+            raise ProtocolError(f"{command_name(header.command)}: payload of {size} bytes "
+                                f"refused (more than {self._max_payload})")
+        self._header = header
+        self._emitted = False
+        self._metadata_left = self._discard = 0
+        if header.command == Command.SEND_METADATA and self._stream_metadata:
+            fixed = SendMetadataHeader.FORMAT.size
+            if size < fixed:
+                raise ProtocolError(f"SEND_METADATA: payload of {size} bytes is too short")
+            self._keep = fixed
+            self._metadata_left = size - fixed
+            return
+        self._keep = size if self._limit is None else min(size, self._limit(header.command))
+        self._discard = size - self._keep
+
+
+# What the data framer tells, per piece of input: the packet's header when the piece starts
+# a packet (else None), payload bytes of the current packet (a slice of the fed bytes: no
+# copy), and whether the packet now has all its `data_size` bytes. A plain tuple: one or two
+# are made per packet.
+PacketPiece = tuple[DataHeader | None, memoryview, bool]
+
+
+class DataFramer:
+    """Cuts a data connection's bytes into packets: 32-byte header, then `data_size` bytes.
+
+    Payload bytes are passed on as soon as they arrive, as slices of the input (packets can
+    be large, and the server writes them from its receive buffer); only a header cut by the
+    end of an input is kept, until its 32 bytes are in.
+
+    Iterate each `feed` to its end before the next one (or stop using the framer).
+    """
+
+    __slots__ = ("partial_header", "payload_left")
+
+    def __init__(self) -> None:
+        self.partial_header = b""  # the start of a header cut by the end of the last input
+        self.payload_left = 0  # bytes of the current packet still to come
+
+    @property
+    def in_packet(self) -> bool:
+        """True in the middle of a packet (a stalled peer), False between two."""
+        return bool(self.partial_header) or self.payload_left > 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[PacketPiece]:
+        view = memoryview(data)
+        end = len(view)
+        if not end:
+            return
+        position = 0
+        left = self.payload_left
+        if left:  # the rest of the packet of the last input
+            take = min(left, end)
+            left -= take
+            self.payload_left = left
+            position = take
+            yield (None, view[:take], not left)
+        elif self.partial_header:
+            partial = self.partial_header
+            take = min(DATA_HEADER_SIZE - len(partial), end)
+            partial += bytes(view[:take])
+            position = take
+            if len(partial) < DATA_HEADER_SIZE:
+                self.partial_header = partial
+                return
+            self.partial_header = b""
+            header = DataHeader.decode(partial)
+            left = header.data_size
+            take = min(left, end - position)
+            left -= take
+            self.payload_left = left
+            yield (header, view[position : position + take], not left)
+            position += take
+        while not left:
+            if end - position < DATA_HEADER_SIZE:
+                if position < end:
+                    self.partial_header = bytes(view[position:end])
+                return
+            next_position = position + DATA_HEADER_SIZE
+            header = DataHeader.decode(view[position:next_position])
+            left = header.data_size
+            take = min(left, end - next_position)
+            left -= take
+            self.payload_left = left
+            position = next_position + take
+            yield (header, view[next_position:position], not left)
 
 
 # --------------------------------------------------------------------------- replies

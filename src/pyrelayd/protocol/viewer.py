@@ -2,9 +2,9 @@
 
 Both directions are here: a relay decodes requests and encodes replies, a viewer encodes
 requests and decodes replies. Nothing touches a socket. The byte layouts, codes and semantics
-are those of the live-viewer protocol reference (live-viewer.md, written from lttng-tools
-2.13.9 `lttng-viewer-abi.h` and `live.c`) and of its 2.15 addendum (protocol-2.15.md sec. 4);
-every integer is big-endian, every struct packed.
+are those of the live-viewer protocol reference (docs/protocol/live-viewer.md, from
+lttng-tools 2.13.9 `lttng-viewer-abi.h` and `live.c`) and of its 2.15 addendum
+(docs/protocol/protocol-2.15.md sec. 4); every integer is big-endian, every struct packed.
 
 Conventions:
 
@@ -28,9 +28,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
-from collections.abc import Mapping
-from typing import ClassVar, Self, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self, TypeVar, cast
 
+from pyrelayd.constants import DEFAULT_LIVE_PORT as DEFAULT_LIVE_PORT
+from pyrelayd.constants import UINT64_MAX as UINT64_MAX
 from pyrelayd.protocol import relayd
 from pyrelayd.protocol.relayd import ProtocolError as ProtocolError  # one error type for both
 from pyrelayd.protocol.relayd import ReturnCode
@@ -48,7 +50,6 @@ VIEWER_VERSION_MINOR = 15
 #: session's trace format. Below it a viewer cannot tell CTF 2 from CTF 1.8, so a relay hides
 #: CTF 2 sessions from it (and refuses to attach them).
 TRACE_FORMAT_MINOR = 15
-DEFAULT_LIVE_PORT = 5344
 
 # Field limits (LTTNG_VIEWER_PATH_MAX, _NAME_MAX, _HOST_NAME_MAX), unchanged since 2.4.
 PATH_MAX = 4096
@@ -72,7 +73,6 @@ MAX_RECORDS_PER_REPLY = 1 << 20
 
 _UINT32 = struct.Struct(">I")
 _E = TypeVar("_E", bound=enum.IntEnum)
-UINT64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 #: The 4-byte `lttcomm_relayd_generic_reply` sent for an unknown command before closing.
 UNKNOWN_COMMAND_REPLY = _UINT32.pack(ReturnCode.UNK)
@@ -231,33 +231,95 @@ def _check_count(count: int, what: str) -> None:
         raise ProtocolError(f"{what}: {count} records announced, at most {MAX_RECORDS_PER_REPLY}")
 
 
+class FixedMessage:
+    """A message of one fixed-size layout: `FORMAT` packs the attributes named in `FIELDS`,
+    in wire order (which may differ from the constructor's). `CODES` maps a field to what
+    turns its raw integer into a value when decoding (a status enum: unknown values are a
+    `ProtocolError`). Subclasses are `@dataclass(frozen=True, slots=True)` classes that
+    declare only these and their fields.
+
+    As `dataclasses` does for `__init__`, each message gets its own `encode` and `decode`,
+    written out from its fields: they are on the live port's path of every request, and
+    generic code (a loop over the fields, `attrgetter`) costs twice as much.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str]  # the message, in error messages
+    FORMAT: ClassVar[struct.Struct]
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    CODES: ClassVar[Mapping[str, Callable[[int], object]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # `@dataclass(slots=True)` makes a second class: only it knows the constructor.
+        if "__dataclass_fields__" in cls.__dict__:
+            _write_codec(cls, [field.name for field in dataclasses.fields(cast(Any, cls))
+                               if field.init])
+
+    @classmethod
+    def missing(cls, buffer: bytes, minor: int = 0) -> int:
+        return _fixed_missing(buffer, cls.FORMAT.size)
+
+    @classmethod
+    def decode(cls, buffer: bytes | bytearray, minor: int = 0) -> Self:
+        raise NotImplementedError  # written by `_write_codec`
+
+    def encode(self, minor: int = 0) -> bytes:
+        raise NotImplementedError  # written by `_write_codec`
+
+
+def _write_codec(cls: type[FixedMessage], constructor: list[str]) -> None:
+    """Give a fixed message class its `encode` and `decode`."""
+    fields, codes = cls.FIELDS, cls.CODES
+    if sorted(constructor) != sorted(fields) or not set(codes) <= set(fields):
+        raise TypeError(f"{cls.__name__}: FIELDS {fields} are not its fields {constructor}")
+    wire_values = ", ".join(f"value_{name}" for name in fields)
+    arguments = ", ".join(f"convert_{name}(value_{name})" if name in codes else f"value_{name}"
+                          for name in constructor)
+    namespace: dict[str, Any] = {
+        "pack": cls.FORMAT.pack, "unpack": cls.FORMAT.unpack, "size": cls.FORMAT.size,
+        "exact": _exact, "name": cls.NAME,
+        **{f"convert_{name}": convert for name, convert in codes.items()},
+    }
+    source = [
+        "def encode(self, minor=0):",
+        f"    return pack({', '.join(f'self.{name}' for name in fields)})",
+        "def decode(cls, buffer, minor=0):",
+        "    if len(buffer) != size:",
+        "        exact(buffer, size, name)",
+        f"    ({wire_values}{',' if fields else ''}) = unpack(buffer)" if fields else "",
+        f"    return cls({arguments})",
+    ]
+    exec("\n".join(source), namespace)  # our own field names only
+    cls.encode = namespace["encode"]  # type: ignore[method-assign]
+    cls.decode = classmethod(namespace["decode"])  # type: ignore[method-assign, assignment]
+
+
+def _status(kind: type[_E], what: str) -> Callable[[int], _E]:
+    """A `CODES` entry: the raw status as `kind`, an unknown one a `ProtocolError`."""
+    return lambda value: _code(kind, value, what)
+
+
 # --------------------------------------------------------------------------- header
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CommandHeader:
+class CommandHeader(FixedMessage):
     """`lttng_viewer_cmd`: sent before every request. Relays ignore `data_size`."""
 
+    NAME: ClassVar[str] = "command header"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QII")  # data_size, cmd, cmd_version
+    FIELDS: ClassVar[tuple[str, ...]] = ("data_size", "command", "command_version")
     command: int
     data_size: int = 0
     command_version: int = 0
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Self:
-        _exact(raw, cls.FORMAT.size, "command header")
-        data_size, command, command_version = cls.FORMAT.unpack(raw)
-        return cls(command, data_size, command_version)
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.data_size, self.command, self.command_version)
 
 
 # --------------------------------------------------------------------------- requests
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Connect:
+class Connect(FixedMessage):
     """`lttng_viewer_connect`: the CONNECT request payload and its reply (same 20 bytes).
 
     Request: `viewer_session_id` is ignored (babeltrace sends all-ones), `connection_type` is
@@ -266,151 +328,90 @@ class Connect:
     """
 
     COMMAND: ClassVar[Command] = Command.CONNECT
+    NAME: ClassVar[str] = "CONNECT"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QIII")
+    FIELDS: ClassVar[tuple[str, ...]] = ("viewer_session_id", "major", "minor",
+                                         "connection_type")
     viewer_session_id: int = UINT64_MAX
     major: int = VERSION_MAJOR
     minor: int = BABELTRACE_VERSION_MINOR
     connection_type: int = ConnectionType.COMMAND
 
-    @classmethod
-    def missing(cls, buffer: bytes, minor: int = 0) -> int:
-        return _fixed_missing(buffer, cls.FORMAT.size)
-
-    @classmethod
-    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
-        _exact(buffer, cls.FORMAT.size, "CONNECT")
-        return cls(*cls.FORMAT.unpack(buffer))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.viewer_session_id, self.major, self.minor,
-                                self.connection_type)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ListSessions:
+class ListSessions(FixedMessage):
     COMMAND: ClassVar[Command] = Command.LIST_SESSIONS
+    NAME: ClassVar[str] = "LIST_SESSIONS"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">")
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, 0, "LIST_SESSIONS")
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CreateSession:
+class CreateSession(FixedMessage):
     COMMAND: ClassVar[Command] = Command.CREATE_SESSION
+    NAME: ClassVar[str] = "CREATE_SESSION"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">")
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, 0, "CREATE_SESSION")
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class AttachSession:
+class AttachSession(FixedMessage):
     """`seek` is a raw integer: a relay answers SEEK_ERR to values other than 1 and 2."""
 
     COMMAND: ClassVar[Command] = Command.ATTACH_SESSION
+    NAME: ClassVar[str] = "ATTACH_SESSION"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQI")
+    FIELDS: ClassVar[tuple[str, ...]] = ("session_id", "offset", "seek")
     session_id: int
     seek: int = Seek.LAST
     offset: int = 0  # unused by every relay
 
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, cls.FORMAT.size, "ATTACH_SESSION")
-        session_id, offset, seek = cls.FORMAT.unpack(payload)
-        return cls(session_id, seek, offset)
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.session_id, self.offset, self.seek)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GetNextIndex:
+class GetNextIndex(FixedMessage):
     COMMAND: ClassVar[Command] = Command.GET_NEXT_INDEX
+    NAME: ClassVar[str] = "GET_NEXT_INDEX"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    FIELDS: ClassVar[tuple[str, ...]] = ("stream_id",)
     stream_id: int  # viewer stream id
 
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, cls.FORMAT.size, "GET_NEXT_INDEX")
-        return cls(*cls.FORMAT.unpack(payload))
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.stream_id)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GetPacket:
+class GetPacket(FixedMessage):
     """Read `length` bytes at `offset` of the stream's current data file."""
 
     COMMAND: ClassVar[Command] = Command.GET_PACKET
+    NAME: ClassVar[str] = "GET_PACKET"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQI")
+    FIELDS: ClassVar[tuple[str, ...]] = ("stream_id", "offset", "length")
     stream_id: int
     offset: int
     length: int
 
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, cls.FORMAT.size, "GET_PACKET")
-        return cls(*cls.FORMAT.unpack(payload))
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.stream_id, self.offset, self.length)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GetMetadata:
+class GetMetadata(FixedMessage):
     COMMAND: ClassVar[Command] = Command.GET_METADATA
+    NAME: ClassVar[str] = "GET_METADATA"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    FIELDS: ClassVar[tuple[str, ...]] = ("stream_id",)
     stream_id: int  # the metadata viewer stream id
 
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, cls.FORMAT.size, "GET_METADATA")
-        return cls(*cls.FORMAT.unpack(payload))
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.stream_id)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class GetNewStreams:
+class GetNewStreams(FixedMessage):
     COMMAND: ClassVar[Command] = Command.GET_NEW_STREAMS
+    NAME: ClassVar[str] = "GET_NEW_STREAMS"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    FIELDS: ClassVar[tuple[str, ...]] = ("session_id",)
     session_id: int
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, cls.FORMAT.size, "GET_NEW_STREAMS")
-        return cls(*cls.FORMAT.unpack(payload))
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.session_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class DetachSession:
+class DetachSession(FixedMessage):
     COMMAND: ClassVar[Command] = Command.DETACH_SESSION
+    NAME: ClassVar[str] = "DETACH_SESSION"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">Q")
+    FIELDS: ClassVar[tuple[str, ...]] = ("session_id",)
     session_id: int
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        _exact(payload, cls.FORMAT.size, "DETACH_SESSION")
-        return cls(*cls.FORMAT.unpack(payload))
-
-    def encode(self) -> bytes:
-        return self.FORMAT.pack(self.session_id)
 
 
 Request = (
@@ -695,14 +696,22 @@ class NewStreamsReply:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class IndexReply:
+class IndexReply(FixedMessage):
     """`lttng_viewer_index`, the GET_NEXT_INDEX reply (64 bytes).
 
     Sizes are in bits and timestamps in clock cycles, copied from the CTF index entry. For
     INACTIVE only `timestamp_end` (the beacon time) and `ctf_stream_id` are meaningful.
     """
 
+    NAME: ClassVar[str] = "GET_NEXT_INDEX reply"
     FORMAT: ClassVar[struct.Struct] = struct.Struct(">QQQQQQQII")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "offset", "packet_size", "content_size", "timestamp_begin", "timestamp_end",
+        "events_discarded", "ctf_stream_id", "status", "flags",
+    )  # fmt: skip
+    CODES: ClassVar[Mapping[str, Callable[[int], object]]] = {
+        "status": _status(IndexStatus, "next index"), "flags": ViewerFlag,
+    }
     status: IndexStatus
     flags: ViewerFlag = NO_FLAGS
     offset: int = 0  # of the packet in the current data file
@@ -712,25 +721,6 @@ class IndexReply:
     timestamp_end: int = 0
     events_discarded: int = 0  # cumulative
     ctf_stream_id: int = 0  # the wire's `stream_id`: the CTF stream-class id
-
-    @classmethod
-    def missing(cls, buffer: bytes, minor: int = 0) -> int:
-        return _fixed_missing(buffer, cls.FORMAT.size)
-
-    @classmethod
-    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
-        _exact(buffer, cls.FORMAT.size, "GET_NEXT_INDEX reply")
-        (offset, packet_size, content_size, begin, end, discarded, ctf_stream_id, status,
-         flags) = cls.FORMAT.unpack(buffer)
-        return cls(_code(IndexStatus, status, "next index"), ViewerFlag(flags), offset,
-                   packet_size, content_size, begin, end, discarded, ctf_stream_id)
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(
-            self.offset, self.packet_size, self.content_size, self.timestamp_begin,
-            self.timestamp_end, self.events_discarded, self.ctf_stream_id, self.status,
-            self.flags,
-        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -806,36 +796,20 @@ class MetadataReply:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CreateSessionReply:
+class CreateSessionReply(FixedMessage):
+    NAME: ClassVar[str] = "CREATE_SESSION reply"
     FORMAT: ClassVar[struct.Struct] = _UINT32
+    FIELDS: ClassVar[tuple[str, ...]] = ("status",)
+    CODES: ClassVar[Mapping[str, Callable[[int], object]]] = {
+        "status": _status(CreateSessionStatus, "create session")}
     status: CreateSessionStatus
-
-    @classmethod
-    def missing(cls, buffer: bytes, minor: int = 0) -> int:
-        return _fixed_missing(buffer, cls.FORMAT.size)
-
-    @classmethod
-    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
-        _exact(buffer, cls.FORMAT.size, "CREATE_SESSION reply")
-        return cls(_code(CreateSessionStatus, cls.FORMAT.unpack(buffer)[0], "create session"))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.status)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class DetachSessionReply:
+class DetachSessionReply(FixedMessage):
+    NAME: ClassVar[str] = "DETACH_SESSION reply"
     FORMAT: ClassVar[struct.Struct] = _UINT32
+    FIELDS: ClassVar[tuple[str, ...]] = ("status",)
+    CODES: ClassVar[Mapping[str, Callable[[int], object]]] = {
+        "status": _status(DetachStatus, "detach session")}
     status: DetachStatus
-
-    @classmethod
-    def missing(cls, buffer: bytes, minor: int = 0) -> int:
-        return _fixed_missing(buffer, cls.FORMAT.size)
-
-    @classmethod
-    def decode(cls, buffer: bytes, minor: int = 0) -> Self:
-        _exact(buffer, cls.FORMAT.size, "DETACH_SESSION reply")
-        return cls(_code(DetachStatus, cls.FORMAT.unpack(buffer)[0], "detach session"))
-
-    def encode(self, minor: int = 0) -> bytes:
-        return self.FORMAT.pack(self.status)

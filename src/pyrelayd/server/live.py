@@ -1,7 +1,9 @@
-"""Live viewer connections (port 5344): one small state machine per viewer, on the event loop.
+"""Live viewer connections (port 5344): the sockets of the viewers, on the event loop.
 
-Viewers are strictly request/reply, so each connection is driven by readiness callbacks, with
-no task or future per request: one `recv_into` takes whatever requests have arrived, each is
+What a viewer sends is framed and answered by the sans-IO `LiveFramer` and `LiveHandler`
+(`protocol/live.py`); this module only moves bytes. Viewers are strictly request/reply, so
+each connection is driven by readiness callbacks, with no task or future per request: one
+`recv_into` (straight into the framer's buffer) takes whatever requests have arrived, each is
 answered in order, and a reply that does not fit in the socket waits (with the rest of the
 input) until the socket is writable again. GET_PACKET hands file ranges to the kernel with
 `os.sendfile`: packet bytes never pass through Python. A viewer that stops reading only stops
@@ -19,41 +21,21 @@ import os
 import socket
 import time
 
-from pyrelayd.logs import TRACE
 from pyrelayd.model.relay import Relay
-from pyrelayd.model.viewer import PacketRange, ViewerSession, ViewerStream, listed_sessions
-from pyrelayd.protocol import viewer as wire
-from pyrelayd.protocol.viewer import Command
+from pyrelayd.model.viewer import ViewerSession
+from pyrelayd.protocol.live import LiveFramer, LiveHandler, Output, PacketRange, ViewerRefused
+from pyrelayd.protocol.viewer import ProtocolError
 from pyrelayd.server.listener import Acceptor
 
 log = logging.getLogger(__name__)
 
-_HEADER = wire.CommandHeader.FORMAT
-# Every request (header and fixed payload) is far smaller than this; a viewer that pipelines
-# requests faster than it reads replies simply stops being read.
-_INPUT_BUFFER_SIZE = 4096
-_PACKET_HEADER = wire.PacketReply.HEADER
-_PAYLOAD_SIZES: dict[int, int] = {int(c): size for c, size in wire.REQUEST_PAYLOAD_SIZE.items()}
-
-Output = bytes | PacketRange
-
 
 class ViewerGone(Exception):
-    """The viewer closed its connection or broke the protocol: close it, quietly."""
-
-
-class ViewerRefused(ViewerGone):
-    """The viewer sent what the relay refuses: close it, saying why."""
-
-
-def _stream_info(viewer_stream: ViewerStream) -> wire.StreamInfo:
-    stream = viewer_stream.stream
-    return wire.StreamInfo(stream.handle, stream.trace.id, stream.is_metadata, stream.path_name,
-                           stream.channel_name)
+    """The viewer's socket failed or was closed: close the connection, quietly."""
 
 
 class LiveConnection:
-    """One viewer connection: input buffer, pending output, and its viewer session."""
+    """One viewer connection: its socket, its framer and handler, and the output pending."""
 
     def __init__(self, server: LiveServer, sock: socket.socket, name: str,
                  peer: str = "") -> None:
@@ -65,22 +47,32 @@ class LiveConnection:
         self.name = name
         self.peer = peer  # "HOST:PORT", for /status
         self.sent_bytes = 0  # for metrics
-        self.input = bytearray(_INPUT_BUFFER_SIZE)
-        self.input_view = memoryview(self.input)
-        self.input_length = 0
+        self.framer = LiveFramer()
+        self.handler = LiveHandler(server.relay, name)
         self.last_progress = time.monotonic()  # bytes last received or sent (stall sweep)
         self.output: collections.deque[Output] = collections.deque()
         self.close_when_sent = False
         self.closed = False
         self.reading = False
         self.writing = False
-        self.connected = False
-        self.minor = 0  # negotiated at CONNECT: selects the LIST_SESSIONS layout, CTF 2 access
-        self.viewer: ViewerSession | None = None
         sock.setblocking(False)
         # Replies are small and latency matters: no Nagle delay (GET_PACKET corks explicitly).
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # What /status and the metrics show of the connection.
+
+    @property
+    def viewer(self) -> ViewerSession | None:
+        return self.handler.viewer
+
+    @property
+    def minor(self) -> int:
+        return self.handler.minor
+
+    @property
+    def connected(self) -> bool:
+        return self.handler.connected
 
     # ----------------------------------------------------------------- readiness
 
@@ -105,20 +97,22 @@ class LiveConnection:
             self.writing = want_write
 
     def _readable(self) -> None:
-        if self.input_length == len(self.input):  # cannot happen: requests are small
+        buffer = self.framer.receive_buffer()
+        if not buffer:  # cannot happen: requests are small
             self.close("input buffer full")
             return
         try:
-            count = self.sock.recv_into(self.input_view[self.input_length:])
+            count = self.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
             self.close(str(error))
             return
+        buffer.release()  # before the framer moves its bytes
         if count == 0:
             self.close("connection closed by the viewer")
             return
-        self.input_length += count
+        self.framer.received(count)
         self.last_progress = time.monotonic()
         self._serve()
 
@@ -129,13 +123,13 @@ class LiveConnection:
     def stalled_since(self) -> float | None:
         # A viewer waits without limit between requests, never with a request half sent,
         # a reply it does not read, or before its CONNECT.
-        if self.output or self.input_length or not self.connected:
+        if self.output or self.framer.pending_size or not self.handler.connected:
             return self.last_progress
         return None
 
     def drop_stalled(self, waited: float) -> None:
         what = ("not reading its reply" if self.output
-                else "no CONNECT" if not self.connected and not self.input_length
+                else "no CONNECT" if not self.handler.connected and not self.framer.pending_size
                 else "stopped in the middle of a request")
         log.warning("%s: dropped: %s for %.0f s", self.name, what, waited)
         self.close("stalled")
@@ -147,12 +141,14 @@ class LiveConnection:
                 if not self._next_request():
                     break
         except ViewerGone as reason:
-            if isinstance(reason, ViewerRefused):
-                log.warning("%s: refused: %s", self.name, reason)
-                self.relay.counters.count_error(reason)
             self.close(str(reason))
             return
-        except wire.ProtocolError as error:
+        except ViewerRefused as reason:
+            log.warning("%s: refused: %s", self.name, reason)
+            self.relay.counters.count_error(reason)
+            self.close(str(reason))
+            return
+        except ProtocolError as error:
             log.warning("%s: %s", self.name, error)
             self.relay.counters.count_error(error)
             if error.reply:
@@ -212,158 +208,12 @@ class LiveConnection:
     # ----------------------------------------------------------------- input
 
     def _next_request(self) -> bool:
-        """Answer the first buffered request, if complete; False when none is."""
-        length = self.input_length
-        if length < _HEADER.size:
+        """Queue the answer to the first buffered request, if complete; False when none is."""
+        request = self.framer.next_request()
+        if request is None:
             return False
-        view = self.input_view
-        _data_size, command, _version = _HEADER.unpack_from(view)
-        size = _PAYLOAD_SIZES.get(command)
-        if size is None:
-            raise wire.ProtocolError(f"unknown viewer command {command}",
-                                     reply=wire.UNKNOWN_COMMAND_REPLY)
-        end = _HEADER.size + size
-        if length < end:
-            return False
-        request = wire.decode_request(command, bytes(view[_HEADER.size:end]))
-        # The rest of the input moves to the front (a few bytes, if the viewer pipelines).
-        self.input[: length - end] = self.input[end:length]
-        self.input_length = length - end
-        if not self.connected and not isinstance(request, wire.Connect):
-            raise ViewerRefused(f"{Command(command).name} before CONNECT")
-        self._answer(request)
+        self.output.extend(self.handler.handle(request))
         return True
-
-    def _answer(self, request: wire.Request) -> None:
-        """Queue the reply to one request."""
-        if isinstance(request, wire.GetNextIndex):
-            self.output.append(self._next_index(request))
-        elif isinstance(request, wire.GetPacket):
-            self._packet(request)
-        elif isinstance(request, wire.GetMetadata):
-            self.output.append(self._metadata(request))
-        elif isinstance(request, wire.GetNewStreams):
-            self.output.append(self._new_streams(request))
-        elif isinstance(request, wire.Connect):
-            self.output.append(self._connect(request))
-        elif isinstance(request, wire.ListSessions):
-            self.output.append(self._list_sessions())
-        elif isinstance(request, wire.CreateSession):
-            self.output.append(self._create_session())
-        elif isinstance(request, wire.AttachSession):
-            self.output.append(self._attach(request))
-        elif isinstance(request, wire.DetachSession):
-            self.output.append(self._detach(request))
-
-    # ----------------------------------------------------------------- commands
-
-    def _connect(self, request: wire.Connect) -> bytes:
-        self.connected = True
-        if request.major != wire.VERSION_MAJOR:
-            raise ViewerRefused(f"viewer protocol major {request.major}")
-        if request.connection_type not in (wire.ConnectionType.COMMAND,
-                                           wire.ConnectionType.NOTIFICATION):
-            raise ViewerRefused(f"viewer connection type {request.connection_type}")
-        self.minor = wire.negotiated_minor(request.minor, wire.RELAY_VERSION_MINOR)
-        viewer_id = (self.relay.next_viewer_id()
-                     if request.connection_type == wire.ConnectionType.COMMAND else 0)
-        return wire.Connect(viewer_id, wire.VERSION_MAJOR, wire.RELAY_VERSION_MINOR, 0).encode()
-
-    def _list_sessions(self) -> bytes:
-        sessions = tuple(
-            wire.SessionInfo(session.id, session.live_timer, len(session.viewers),
-                             len(session.streams), session.hostname, session.name,
-                             session.trace_format)
-            for session in listed_sessions(self.relay, self.minor)
-        )
-        try:
-            return wire.SessionList(sessions).encode(self.minor)
-        except ValueError as error:
-            # A hostname of 64 bytes or more has no place in the 2.4 layout: as lttng-relayd,
-            # close the connection without a reply.
-            raise ViewerRefused(f"LIST_SESSIONS: {error}") from None
-
-    def _create_session(self) -> bytes:
-        if self.viewer is not None:
-            self.viewer.close()  # a repeated CREATE_SESSION replaces the old one, leak-free
-        self.viewer = ViewerSession(self.relay)
-        return wire.CreateSessionReply(wire.CreateSessionStatus.OK).encode()
-
-    def _attach(self, request: wire.AttachSession) -> bytes:
-        if self.viewer is None:
-            reply = wire.AttachSessionReply(wire.AttachStatus.NO_SESSION)
-        else:
-            status, streams = self.viewer.attach(request.session_id, request.seek, self.minor)
-            reply = wire.AttachSessionReply(status,
-                                            tuple(_stream_info(vs) for vs in streams))
-            session = self.relay.sessions.get(request.session_id)
-            log.info("%s: attach session %d%s: %s, %d streams", self.name, request.session_id,
-                     f" [{session.hostname}/{session.name}]" if session is not None else "",
-                     reply.status.name, len(streams))
-        return reply.encode()
-
-    def _refused(self, request: str, reason: str) -> None:
-        """A request answered with an error status (the viewer stays connected)."""
-        log.info("%s: %s refused: %s", self.name, request, reason)
-
-    def _new_streams(self, request: wire.GetNewStreams) -> bytes:
-        if self.viewer is None:
-            self._refused("GET_NEW_STREAMS", "no viewer session (CREATE_SESSION first)")
-            return wire.NewStreamsReply(wire.NewStreamsStatus.ERR).encode()
-        status, streams = self.viewer.get_new_streams(request.session_id)
-        if status is wire.NewStreamsStatus.ERR:
-            self._refused("GET_NEW_STREAMS", f"session {request.session_id} is not attached")
-        return wire.NewStreamsReply(status, tuple(_stream_info(vs) for vs in streams)).encode()
-
-    def _next_index(self, request: wire.GetNextIndex) -> bytes:
-        if self.viewer is None:
-            self._refused("GET_NEXT_INDEX", "no viewer session (CREATE_SESSION first)")
-            return wire.IndexReply(wire.IndexStatus.ERR).encode()
-        result = self.viewer.get_next_index(request.stream_id)
-        if result.status is wire.IndexStatus.ERR:
-            self._refused("GET_NEXT_INDEX", f"stream {request.stream_id} cannot be read")
-        index = result.index
-        if index is None:
-            reply = wire.IndexReply(result.status, result.flags)
-        else:
-            reply = wire.IndexReply(
-                result.status, result.flags, index.offset, index.packet_size,
-                index.content_size, index.timestamp_begin, index.timestamp_end,
-                index.events_discarded, index.stream_id,
-            )
-        if log.isEnabledFor(TRACE):
-            log.log(TRACE, "%s: GET_NEXT_INDEX %d: %s %s", self.name, request.stream_id,
-                    reply.status.name, reply.flags)
-        return reply.encode()
-
-    def _packet(self, request: wire.GetPacket) -> None:
-        packet = None
-        if self.viewer is not None and 0 < request.length <= wire.MAX_PACKET_REQUEST:
-            packet = self.viewer.get_packet(request.stream_id, request.offset, request.length)
-        if packet is None:
-            self._refused("GET_PACKET", f"stream {request.stream_id}, offset {request.offset}, "
-                          f"length {request.length}: no such data")
-            self.output.append(wire.PacketReply(wire.PacketStatus.ERR).encode())
-            return
-        self.output.append(_PACKET_HEADER.pack(wire.PacketStatus.OK, packet.length, 0))
-        self.output.append(packet)
-
-    def _metadata(self, request: wire.GetMetadata) -> bytes:
-        if self.viewer is None:
-            self._refused("GET_METADATA", "no viewer session (CREATE_SESSION first)")
-            return wire.MetadataReply(wire.MetadataStatus.ERR).encode()
-        status, data = self.viewer.get_metadata(request.stream_id)
-        if status is wire.MetadataStatus.ERR:
-            self._refused("GET_METADATA", f"stream {request.stream_id} is no metadata stream "
-                          "of an attached session")
-        return wire.MetadataReply(status, data).encode()
-
-    def _detach(self, request: wire.DetachSession) -> bytes:
-        if self.viewer is None:
-            return wire.DetachSessionReply(wire.DetachStatus.ERR).encode()
-        status = self.viewer.detach(request.session_id)
-        log.info("%s: detach session %d: %s", self.name, request.session_id, status.name)
-        return wire.DetachSessionReply(status).encode()
 
     # ----------------------------------------------------------------- end
 
@@ -378,9 +228,10 @@ class LiveConnection:
             self.loop.remove_writer(self.fd)
         self.reading = self.writing = False
         self.output.clear()
-        if self.viewer is not None:
-            self.viewer.close()
-            self.viewer = None
+        try:
+            self.handler.close()
+        except Exception:  # the rest of the close must still happen
+            log.exception("%s: closing its viewer session failed", self.name)
         self.relay.fd_pool.unhold()
         self.relay.counters.viewer_sent_bytes += self.sent_bytes
         with contextlib.suppress(OSError):

@@ -79,8 +79,13 @@ class FdPool:
             return
         while self._open and len(self._open) + self.held + wanted > self.limit:
             oldest, _ = self._open.popitem(last=False)
-            oldest._suspend()
             self.evicted += 1
+            try:
+                oldest._suspend()
+            except OSError as error:
+                # Its deferred writes failed: that is the evicted file's failure, not the
+                # failure of whatever needed the room. It raises it at its next use.
+                oldest.failure = error
 
     def _admit(self, file: PooledFile) -> None:
         self._evict(1)
@@ -118,7 +123,7 @@ class PooledFile:
     """A file written sequentially through the pool; `size` is where the next write goes
     (deferred writes included)."""
 
-    __slots__ = ("_fd", "_path", "_pending", "_pending_size", "closed", "pool", "size")
+    __slots__ = ("_fd", "_path", "_pending", "_pending_size", "closed", "failure", "pool", "size")
 
     def __init__(self, pool: FdPool, path: Callable[[], Path], fd: int, size: int = 0) -> None:
         self.pool = pool
@@ -128,6 +133,9 @@ class PooledFile:
         self._pending: list[bytes | bytearray | memoryview] = []
         self._pending_size = 0
         self.closed = False
+        # Deferred writes that failed while the pool closed the descriptor to make room:
+        # raised by the next operation on this file.
+        self.failure: OSError | None = None
         pool._admit(self)
 
     @classmethod
@@ -142,6 +150,9 @@ class PooledFile:
 
     def _descriptor(self) -> int:
         """An open descriptor (reopening the file if the pool had closed it)."""
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
         if self._fd is not None:
             self.pool._touch(self)
             return self._fd
@@ -155,10 +166,13 @@ class PooledFile:
         return fd
 
     def _suspend(self) -> None:
-        if self._pending and self._fd is not None:
-            self._write_pending(self._fd)
-        files.close_quietly(self._fd)
-        self._fd = None
+        """Write what is deferred and close the descriptor; closed even if the write fails."""
+        fd, self._fd = self._fd, None
+        try:
+            if self._pending and fd is not None:
+                self._write_pending(fd)
+        finally:
+            files.close_quietly(fd)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._write_at_end(self.fileno(), data)
@@ -215,12 +229,21 @@ class PooledFile:
         self.size = size
 
     def close(self) -> None:
+        """Write what is deferred and give the descriptor back to the pool.
+
+        The file is closed and out of the pool whatever fails on the way; the error of the
+        last writes (deferred writes lost, or a failure kept from an eviction) is raised
+        afterwards, for the owner to report.
+        """
         if self.closed:
             return
         try:
             self.flush()
+            if self.failure is not None:
+                raise self.failure
         finally:
             self.closed = True
+            self.failure = None
             self.pool._forget(self)
             self._pending, self._pending_size = [], 0  # lost if the flush failed
             self._suspend()
