@@ -52,7 +52,7 @@ class IngestResult:
         return 100 * self.producer.cpu_s / self.producer.wall_s
 
 
-def _ingest_once(relay: Relay, output: str, size: int, config: IngestConfig,
+def ingest_once(relay: Relay, output: str, size: int, config: IngestConfig,
                  problems: list[str]) -> IngestResult:
     plan = ProducerPlan(relay.control_port, relay.data_port, f"ingest-{size}", 1,
                         config.streams, size, max(1, config.total_bytes // (config.streams * size)))
@@ -92,7 +92,7 @@ def run_ingest(config: IngestConfig, workdir: Path) -> tuple[Section, list[Inges
                 relay = start_relay(kind, base / kind, workdir / f"ingest-{output}-{kind}")
                 try:
                     for size in config.packet_sizes:
-                        runs = [_ingest_once(relay, output, size, config, problems)
+                        runs = [ingest_once(relay, output, size, config, problems)
                                 for _ in range(config.repeat)]
                         median = median_by(runs, lambda r: r.producer.mb_per_s)
                         results.append(dataclasses.replace(

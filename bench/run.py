@@ -33,6 +33,7 @@ from bench.idle import IdleConfig, IdleResult, run_idle  # noqa: E402
 from bench.ingest import IngestConfig, IngestResult, run_ingest  # noqa: E402
 from bench.live import LiveConfig, LiveResult, run_live  # noqa: E402
 from bench.many import ManyConfig, ManyResult, run_many  # noqa: E402
+from bench.metrics_cost import MetricsCostConfig, run_metrics_cost  # noqa: E402
 from bench.patterns import PatternResult, PatternsConfig, run_patterns  # noqa: E402
 from bench.relays import (  # noqa: E402
     LOAD_CPUS,
@@ -42,7 +43,7 @@ from bench.relays import (  # noqa: E402
 )
 from bench.report import GIB, MIB, Section, load_average, machine_description  # noqa: E402
 
-BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns")
+BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns", "metrics")
 NOTES_BEGIN = "<!-- NOTES_BEGIN: hand-written, kept by bench/run.py -->"
 NOTES_END = "<!-- NOTES_END -->"
 COMMAND = "python bench/run.py"
@@ -56,6 +57,7 @@ class Sizes:
     live: LiveConfig
     idle: IdleConfig
     patterns: PatternsConfig
+    metrics: MetricsCostConfig
 
 
 def sizes(smoke: bool, full: bool) -> Sizes:
@@ -67,6 +69,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
             LiveConfig(4 * MIB, (1, 2), viewer_timeout_s=30, settle_s=0.05),
             IdleConfig(20, idle_s=0.5, limited_sessions=5, limited_streams=40),
             PatternsConfig(MIB, repeat=1, sessions=4, session_packets_per_stream=2),
+            MetricsCostConfig(2 * MIB, repeat=1),
         )
     return Sizes(
         IngestConfig(GIB, repeat=5),
@@ -75,6 +78,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
         LiveConfig(512 * MIB, repeat=3),
         IdleConfig(1000, idle_s=5.0),
         PatternsConfig(256 * MIB, repeat=5),
+        MetricsCostConfig(GIB, repeat=5),
     )
 
 
@@ -103,8 +107,10 @@ def run(selected: list[str], plan: Sizes, workdir: Path) -> Results:
             section, results.live = run_live(plan.live, workdir)
         elif name == "idle":
             section, results.idle = run_idle(plan.idle, workdir)
-        else:
+        elif name == "patterns":
             section, results.patterns = run_patterns(plan.patterns, workdir)
+        else:
+            section, _ = run_metrics_cost(plan.metrics, workdir)
         section.notes.append(f"Benchmark time: {time.monotonic() - start:.0f} s.")
         results.sections.append(section)
         print()

@@ -1,6 +1,6 @@
 """Every benchmark of bench/ runs, at a tiny size, and writes its table (never a timing check).
 
-`python bench/run.py --smoke` runs the six benchmarks against both relays in a few seconds;
+`python bench/run.py --smoke` runs the seven benchmarks against both relays in a few seconds;
 this test checks that it succeeds and that each benchmark produced a table with a row for
 each relay and a table of ratios; then that `--only X` works for each benchmark, chart
 included (when matplotlib is installed). Benchmarks are not tests: no figure is asserted.
@@ -19,9 +19,9 @@ import pytest
 from pyrelayd_testkit.lttng import host_has_lttng
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns")
+BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns", "metrics")
 SECTIONS = ("1. Ingest throughput", "2. End to end with real LTTng", "3. Many producers",
-            "4. Live serving", "5. Idle scale", "6. Producer patterns")
+            "4. Live serving", "5. Idle scale", "6. Producer patterns", "7. Metrics cost")
 
 pytestmark = [
     pytest.mark.lttng,
