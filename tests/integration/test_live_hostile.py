@@ -129,7 +129,13 @@ def all_is_still_well(
     viewer.wait_attached(relay, session.name)
     later = emit_on_every_cpu(apps, 1000)
     session.destroy()
-    assert assert_viewer_ended_cleanly(viewer) == later
+    seen = assert_viewer_ended_cleanly(viewer)
+    # babeltrace2 attaches at the last packet of each stream: on a loaded machine the last
+    # packets of the earlier events may still be in flight and come first. Everything after
+    # them must be there, in order.
+    assert seen[len(seen) - len(later):] == later, seen
+    earlier = seen[: len(seen) - len(later)]
+    assert all(seq in live.events_before for seq in earlier), earlier
     assert sequence_numbers(read_trace(relay.output_dir)) == live.events_before + later
 
 

@@ -22,8 +22,20 @@ from pyrelayd.model.counters import ErrorKind
 from pyrelayd.model.relay import Relay
 from pyrelayd.model.session import RelaySession
 from pyrelayd.model.stream import RelayStream
+from pyrelayd.protocol.control import ControlHandler
+from pyrelayd.protocol.data import DataHandler
 from pyrelayd.protocol.index import read_index_file
-from pyrelayd.protocol.relayd import SendIndex
+from pyrelayd.protocol.relayd import (
+    CloseStream,
+    Command,
+    DataFramer,
+    DataHeader,
+    DataPending,
+    ReturnCode,
+    SendIndex,
+    Version,
+    generic_reply,
+)
 from pyrelayd.storage import paths
 from pyrelayd.storage.fdpool import PooledFile
 from tests.unit.conftest import CREATION_TIME
@@ -152,20 +164,46 @@ def scene(relay: Relay, make_session: Callable[..., RelaySession]) -> Scene:
 
 
 @ERRNOS
-@pytest.mark.parametrize("write", ["pwritev", "pwrite"])
-def test_a_failed_packet_write_loses_the_connection_and_still_archives_the_chunk(
-        scene: Scene, faults: Faults, code: int, write: str) -> None:
-    # pwritev: the batch of one read; pwrite: a write outside a batch.
+def test_a_failed_batched_packet_write_closes_only_its_stream(
+        scene: Scene, faults: Faults, code: int) -> None:
+    # The batch of one read of the data connection: the write that fails is reported to the
+    # stream whose file it is; the batch (the connection) goes on.
     stream = scene.stream
-    faults.fail_on_file(write, code, stream.data_file)
+    faults.fail_on_file("pwritev", code, stream.data_file)
+    second = scene.relay.add_stream(scene.session, "channel0_1", STREAM_PATH, 0, 0)
+
+    with scene.relay.fd_pool.batch():
+        stream.begin_packet(64)
+        stream.append(b"b" * 64)
+        second.begin_packet(64)
+        second.append(b"c" * 64)
+
+    assert faults.injected == 1
+    assert stream.closed and scene.relay.find_stream(stream.handle) is None
+    assert scene.relay.failed_stream(scene.session, stream.handle) is stream
+    assert scene.relay.failed_stream(scene.other_session, stream.handle) is None
+    assert scene.relay.counters.errors[ErrorKind.DISK] == 1
+    assert isinstance(stream.close_error, OSError) and stream.close_error.errno == code
+    # The rest of the session goes on: its other stream wrote its packet.
+    second.end_packet(0, 64, 0)
+    assert data_file(second).read_bytes() == b"c" * 64
+    second.request_close(0)
+    connection_lost(scene.session)
+    scene.check_released()
+    assert scene.relay.failed_stream(scene.session, stream.handle) is None  # forgotten
+    assert (scene.archive / STREAM_PATH / "channel0_0").read_bytes() == b"a" * 64
+    scene.check_other_session_goes_on()
+
+
+@ERRNOS
+def test_a_failed_direct_packet_write_is_raised_to_the_caller(
+        scene: Scene, faults: Faults, code: int) -> None:
+    # A write outside a batch raises at once; the data handler gives it to the stream.
+    stream = scene.stream
+    faults.fail_on_file("pwrite", code, stream.data_file)
 
     with pytest.raises(OSError) as raised:
-        if write == "pwritev":
-            with scene.relay.fd_pool.batch():
-                stream.begin_packet(64)
-                stream.append(b"b" * 64)
-        else:
-            stream.write(b"b" * 64)
+        stream.write(b"b" * 64)
     assert raised.value.errno == code and faults.injected == 1
     connection_lost(scene.session)  # what the server does with the error
 
@@ -350,3 +388,58 @@ def test_shutdown_closes_every_session_when_one_fails_to_write(
     assert relay.fd_pool.open_count == pool_before and open_fds() == fds_before
     for session in sessions[1:]:
         assert (session.directory / STREAM_PATH / "channel0_0").read_bytes() == b"x" * 8
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def data_packet(stream: RelayStream, net_seq_num: int, payload: bytes) -> bytes:
+    return DataHeader(stream.handle, net_seq_num, len(payload), 0).encode() + payload
+
+
+@ERRNOS
+def test_the_connections_of_a_session_go_on_past_a_stream_that_cannot_be_written(
+        relay: Relay, make_session: Callable[..., RelaySession], faults: Faults,
+        code: int) -> None:
+    """One stream's file fails in the read of the data connection that carries packets of
+    two streams: that stream is closed and reported; its later packets and SEND_INDEX are
+    accepted and dropped, DATA_PENDING says nothing is pending for it, CLOSE_STREAM is OK;
+    the other stream of the same session gets every byte, over the same connections."""
+    session = make_session()
+    broken = relay.add_stream(session, "channel0_0", STREAM_PATH, 0, 0)
+    healthy = relay.add_stream(session, "channel0_1", STREAM_PATH, 0, 0)
+    control = ControlHandler(relay, "control")
+    control.handle(Command.VERSION, Version(2, 13).encode())
+    control.session = session  # the reference make_session took for its control connection
+    control.version_checked = True
+    framer, data = DataFramer(), DataHandler(relay)
+    faults.fail_on_file("pwritev", code, broken.data_file)
+
+    def read(raw: bytes) -> None:  # one read of the data socket, as the server does it
+        with relay.fd_pool.batch():
+            for piece in framer.feed(raw):
+                data.handle(piece)
+
+    read(data_packet(broken, 0, b"x" * 64) + data_packet(healthy, 0, b"y" * 64))
+    assert faults.injected == 1 and broken.closed
+    assert relay.counters.errors[ErrorKind.DISK] == 1
+    read(data_packet(broken, 1, b"x" * 64) + data_packet(healthy, 1, b"z" * 64))
+
+    for stream in (broken, healthy):
+        for seq in (0, 1):
+            outcome = control.handle(Command.SEND_INDEX, SendIndex(
+                stream.handle, seq, 512, 512, 100 * seq, 100 * seq + 99, 0, 3, 4, seq,
+            ).encode(13))
+            assert (outcome.reply, outcome.close) == (generic_reply(ReturnCode.OK), False)
+    pending = control.handle(Command.DATA_PENDING, DataPending(broken.handle, 1).encode())
+    assert (pending.reply, pending.close) == (generic_reply(0), False)
+    closing = control.handle(Command.CLOSE_STREAM, CloseStream(broken.handle, 1).encode())
+    assert (closing.reply, closing.close) == (generic_reply(ReturnCode.OK), False)
+
+    assert data_file(healthy).read_bytes() == b"y" * 64 + b"z" * 64
+    index_path = data_file(healthy).parent / "index" / "channel0_1.idx"
+    assert len(read_index_file(index_path.read_bytes())[1]) == 2
+    assert relay.counters.errors[ErrorKind.DISK] == 1  # reported once
+    data.connection_lost(False)
+    control.connection_lost()
+    assert session.released and relay.failed_streams == {}

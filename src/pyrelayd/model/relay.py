@@ -60,6 +60,7 @@ class Relay:
         self.settings = settings
         self.sessions: dict[int, RelaySession] = {}
         self.streams: dict[int, RelayStream] = {}
+        self.failed_streams: dict[int, RelayStream] = {}  # closed by a write failure
         self.chunks = ChunkRegistry()
         self.fd_pool = FdPool(settings.fd_pool_size)
         self.counters = RelayCounters()
@@ -130,6 +131,8 @@ class Relay:
 
     def session_released(self, session: RelaySession) -> None:
         self.sessions.pop(session.id, None)
+        for handle in [h for h, s in self.failed_streams.items() if s.session is session]:
+            del self.failed_streams[handle]
         self.chunks.session_destroyed(session.info.sessiond_uuid)
         self.ledger.session_released(session)
 
@@ -184,6 +187,16 @@ class Relay:
 
     def stream_closed(self, stream: RelayStream) -> None:
         self.streams.pop(stream.handle, None)
+
+    def stream_failed(self, stream: RelayStream) -> None:
+        """`stream` is closed because its files cannot be written: its session goes on, and
+        what its peers still send for it is accepted and dropped (`failed_stream`)."""
+        self.failed_streams[stream.handle] = stream
+
+    def failed_stream(self, session: RelaySession, handle: int) -> RelayStream | None:
+        """The stream of `session` with that handle closed by a write failure, if any."""
+        stream = self.failed_streams.get(handle)
+        return stream if stream is not None and stream.session is session else None
 
     def find_stream(self, handle: int) -> RelayStream | None:
         return self.streams.get(handle)

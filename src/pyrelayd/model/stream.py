@@ -145,12 +145,14 @@ class RelayStream:
             self.chunk.put()
         self.chunk = chunk
         self._close_data_file()
+        file.owner = self.fail
         self.data_file = file
 
     def _open_data_file(self, chunk: TraceChunk) -> None:
         self._close_data_file()
         path = self._data_file_path()
         self.data_file = chunk.create_file(path, unlink_first=self.tracefile_wrapped)
+        self.data_file.owner = self.fail
 
     def _close_data_file(self) -> None:
         file, self.data_file = self.data_file, None  # let go of it even if closing fails
@@ -169,6 +171,7 @@ class RelayStream:
         relative = f"{self.path_name}/{paths.INDEX_DIRECTORY}/{name}"
         # Always unlink first: a live reader keeps the old file's content.
         file = chunk.create_file(relative, unlink_first=True)
+        file.owner = self.fail
         self.index_file = IndexFile(file, index_minor_for(self.session.minor))
 
     # ----------------------------------------------------------------- data packets
@@ -505,8 +508,11 @@ class RelayStream:
         """A file of this stream cannot be written: report it (logged, counted as a disk
         error: callers do not count it again) and close the stream; the rest of its
         session goes on."""
+        if self.closed:
+            return  # its other file failed in the same batch: already reported
         log.error("%s: cannot write: %s; closing the stream", self.describe(), error)
         self.session.relay.counters.count(ErrorKind.DISK)
+        self.session.relay.stream_failed(self)
         if self.close_error is None:
             self.close_error = error
         self.close()

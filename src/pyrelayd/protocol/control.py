@@ -251,6 +251,8 @@ class ControlHandler:
         request = wire.CloseStream.decode(payload)
         stream = self._stream_of(session, request.stream_id)
         if stream is None:
+            if self.relay.failed_stream(session, request.stream_id):
+                return Outcome(wire.generic_reply(ReturnCode.OK))  # closed already
             return self._refuse(f"unknown stream {request.stream_id}",
                                 Outcome(wire.generic_reply(ReturnCode.UNK), True))
         stream.request_close(request.last_net_seq_num)
@@ -260,6 +262,10 @@ class ControlHandler:
         request = wire.DataPending.decode(payload)
         stream = self._stream_of(session, request.stream_id)
         if stream is None:
+            if self.relay.failed_stream(session, request.stream_id):
+                # Closed by a write failure: nothing more will be written; the session
+                # daemon must not wait for it.
+                return Outcome(wire.generic_reply(0))
             return self._refuse(f"unknown stream {request.stream_id}",
                                 Outcome(_DATA_PENDING_ERROR, True))
         return Outcome(wire.generic_reply(int(stream.data_pending(request.last_net_seq_num))))
@@ -314,6 +320,8 @@ class ControlHandler:
     def _send_index(self, session: RelaySession, payload: bytes) -> Outcome:
         request = wire.SendIndex.decode(payload, self.minor)
         stream = self._stream_of(session, request.relay_stream_id)
+        if stream is None and self.relay.failed_stream(session, request.relay_stream_id):
+            return _OK  # closed by a write failure: the index is dropped with its packets
         if stream is None or stream.is_metadata:
             return self._refuse(f"unknown data stream {request.relay_stream_id}",
                                 Outcome(wire.generic_reply(ReturnCode.UNK), True))
@@ -322,6 +330,8 @@ class ControlHandler:
         except StreamError as error:
             log.warning("%s: SEND_INDEX: %s", self.name, error)
             return Outcome(wire.generic_reply(ReturnCode.UNK), True)
+        except OSError as error:
+            stream.fail(error)  # that stream only: the session and connection go on
         return _OK
 
     def _reset_metadata(self, session: RelaySession, payload: bytes) -> Outcome:
@@ -351,6 +361,8 @@ class ControlHandler:
                     Outcome(wire.generic_reply(ReturnCode.INVALID_PROTOCOL), True))
         for entry in request.streams:
             stream = self._stream_of(session, entry.stream_id)
+            if stream is None and self.relay.failed_stream(session, entry.stream_id):
+                continue  # closed by a write failure: nothing to rotate
             if stream is None:
                 return self._refuse(f"unknown stream {entry.stream_id}",
                                     Outcome(wire.generic_reply(ReturnCode.INVALID), True))

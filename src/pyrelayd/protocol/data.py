@@ -39,8 +39,11 @@ class DataHandler:
         stream = self.stream
         if stream is None:
             raise StreamError("packet bytes before any packet header")
-        if payload and not stream.closed:  # a stream aborted mid-packet drops the rest
-            stream.append(payload)
+        if payload and not stream.closed:  # a stream aborted or failed drops the rest
+            try:
+                stream.append(payload)
+            except OSError as error:
+                stream.fail(error)  # that stream only: the session and connection go on
         if complete:
             self._end_packet(stream)
 
@@ -56,6 +59,9 @@ class DataHandler:
 
     def _begin_packet(self, header: DataHeader) -> None:
         stream = self.relay.find_stream(header.stream_id)
+        if stream is None and self.session is not None:
+            # Closed by a write failure: its packets are dropped, the connection goes on.
+            stream = self.relay.failed_stream(self.session, header.stream_id)
         if stream is None or stream.is_metadata:
             raise StreamError(f"packet for unknown stream {header.stream_id}")
         if self.session is None:
@@ -65,9 +71,13 @@ class DataHandler:
             self.name = f"{self.name} [{self.session.hostname}/{self.session.name}]"
         elif stream.session is not self.session:
             raise StreamError(f"stream {header.stream_id} belongs to another session")
-        stream.begin_packet(header.data_size)
         self.stream = stream
         self.header = header
+        if not stream.closed:
+            try:
+                stream.begin_packet(header.data_size)
+            except OSError as error:
+                stream.fail(error)
 
     def _end_packet(self, stream: RelayStream) -> None:
         header = self.header
@@ -76,6 +86,9 @@ class DataHandler:
         self.header = None
         if stream.closed:
             return
-        stream.end_packet(header.net_seq_num, header.data_size, header.padding_size)
-        if stream.close_requested:
-            stream.try_close()
+        try:
+            stream.end_packet(header.net_seq_num, header.data_size, header.padding_size)
+            if stream.close_requested:
+                stream.try_close()
+        except OSError as error:
+            stream.fail(error)

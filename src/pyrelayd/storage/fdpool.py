@@ -49,13 +49,21 @@ class FdPool:
         return self._batch
 
     def flush(self) -> None:
-        """Do every deferred write; the first error is raised once all were tried."""
+        """Do every deferred write. A file whose writes fail is reported to its `owner` (once
+        every file was tried); without an owner, the first error is raised at the end."""
         failure: OSError | None = None
+        owned: list[tuple[Callable[[OSError], None], OSError]] = []
         while self.dirty:
+            file = self.dirty.pop()
             try:
-                self.dirty.pop().flush()
+                file.flush()
             except OSError as error:
-                failure = failure or error
+                if file.owner is not None:
+                    owned.append((file.owner, error))
+                else:
+                    failure = failure or error
+        for owner, owned_error in owned:
+            owner(owned_error)
         if failure is not None:
             raise failure
 
@@ -123,7 +131,8 @@ class PooledFile:
     """A file written sequentially through the pool; `size` is where the next write goes
     (deferred writes included)."""
 
-    __slots__ = ("_fd", "_path", "_pending", "_pending_size", "closed", "failure", "pool", "size")
+    __slots__ = ("_fd", "_path", "_pending", "_pending_size", "closed", "failure", "owner", "pool",
+                 "size")
 
     def __init__(self, pool: FdPool, path: Callable[[], Path], fd: int, size: int = 0) -> None:
         self.pool = pool
@@ -136,6 +145,9 @@ class PooledFile:
         # Deferred writes that failed while the pool closed the descriptor to make room:
         # raised by the next operation on this file.
         self.failure: OSError | None = None
+        # Told when a batched write of this file fails (the stream it belongs to), instead of
+        # the failure ending the whole batch (the connection that happened to flush it).
+        self.owner: Callable[[OSError], None] | None = None
         pool._admit(self)
 
     @classmethod
