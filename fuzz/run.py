@@ -20,6 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 with atheris.instrument_imports(include=["pyrelayd"]):
     import targets
 
+    from pyrelayd.protocol import viewer
+
+# The viewer codec writes each fixed message's encode/decode at import time (as dataclasses
+# writes __init__): instrument those functions too, or the fuzzer would not see their branches.
+for _kind in vars(viewer).values():
+    if isinstance(_kind, type) and issubclass(_kind, viewer.FixedMessage):
+        for _name in ("encode", "decode"):
+            _function = getattr(_kind.__dict__.get(_name), "__func__", _kind.__dict__.get(_name))
+            if _function is not None and _function.__code__.co_filename == "<string>":
+                atheris.instrument_func(_function)
+
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in targets.TARGETS:
