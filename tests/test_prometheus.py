@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -24,6 +22,7 @@ import pytest
 
 from pyrelayd.client.viewer import LiveClient
 from tests.integration.lttng_env import free_tcp_ports, release_tcp_ports, stop_process
+from tests.requirements import require_tool
 from tests.unit.metrics_helpers import (
     HOST,
     MetricsRelay,
@@ -58,13 +57,7 @@ def dashboard_queries() -> list[str]:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("PYRELAYD_TEST_REQUIRE_PEERS") == "1":
-            pytest.fail("prometheus is not installed (Debian package `prometheus`) and "
-                        "PYRELAYD_TEST_REQUIRE_PEERS=1")
-        pytest.skip("prometheus is not installed (Debian package `prometheus`)")
-    return binary
+    return require_tool("prometheus", "prometheus")
 
 
 @pytest.fixture

@@ -41,12 +41,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.requirements import require_peers
+
 from .lttng_env import (
     ALL_PEERS,
     PEERS_ENV_VAR,
     RELAY_ENV_VAR,
     RELAY_KINDS,
-    REQUIRE_PEERS_ENV_VAR,
     CommandError,
     LiveViewer,
     Peers,
@@ -56,7 +57,6 @@ from .lttng_env import (
     SessionDaemon,
     TracedApps,
     build_c_app,
-    peers_unavailable,
     start_relay,
     trace_tools_of,
 )
@@ -131,14 +131,7 @@ def _test_failed(node: pytest.Item) -> bool:
 @pytest.fixture(scope="session")
 def peers(request: pytest.FixtureRequest) -> Peers:
     """The installation of the LTTng peers this test runs with (parametrized)."""
-    chosen = ALL_PEERS[request.param]
-    reason = peers_unavailable(chosen)
-    if reason is not None:
-        message = f"LTTng {chosen.name} peers unavailable: {reason}"
-        if os.environ.get(REQUIRE_PEERS_ENV_VAR) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return chosen
+    return require_peers(ALL_PEERS[request.param])
 
 
 @pytest.fixture(scope="session")

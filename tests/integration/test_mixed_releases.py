@@ -29,11 +29,11 @@ from pyrelayd.protocol.viewer import (
     CreateSessionReply,
     Seek,
 )
+from tests.requirements import require_peers
 
 from .live_helpers import RawViewer, live_session_ids, wait_printed
 from .lttng_env import (
     HOST_PEERS,
-    REQUIRE_PEERS_ENV_VAR,
     SID_PEERS,
     LiveViewer,
     Relay,
@@ -42,7 +42,6 @@ from .lttng_env import (
     TracedApps,
     build_c_app,
     list_live_sessions,
-    peers_unavailable,
     read_trace,
     run_command,
     sequence_numbers,
@@ -61,12 +60,7 @@ EVENTS = 300
 def both_releases(tmp_path: Path) -> Iterator[tuple[TracedApps, TracedApps]]:
     """A 2.13 and a 2.16 session daemon, each with the test application built for it."""
     for peers in (HOST_PEERS, SID_PEERS):
-        reason = peers_unavailable(peers)
-        if reason is not None:
-            message = f"LTTng {peers.name} peers unavailable: {reason}"
-            if os.environ.get(REQUIRE_PEERS_ENV_VAR) == "1":
-                pytest.fail(message)
-            pytest.skip(message)
+        require_peers(peers)
     daemons: list[SessionDaemon] = []
     try:
         old = SessionDaemon.start(tmp_path / "sessiond-2.13", HOST_PEERS)

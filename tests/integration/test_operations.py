@@ -10,8 +10,6 @@ among the rest) and its viewer, and `/healthz` must answer 200.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.requirements import require_tool
 from tests.test_prometheus import Prometheus
 
 from .conftest import LiveViewerFactory, RelayFactory, SessionFactory
 from .live_helpers import session_output, wait_printed
 from .lttng_env import (
     HOSTNAME,
-    REQUIRE_PEERS_ENV_VAR,
     Relay,
     TracedApps,
     free_tcp_ports,
@@ -49,12 +47,7 @@ def metrics_port() -> Iterator[int]:
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get(REQUIRE_PEERS_ENV_VAR) == "1":
-            pytest.fail("prometheus is not installed (Debian package `prometheus`)")
-        pytest.skip("prometheus is not installed (Debian package `prometheus`)")
-    return binary
+    return require_tool("prometheus", "prometheus")
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:

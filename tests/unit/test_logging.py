@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pyrelayd.client.viewer import LiveClient
 from pyrelayd.protocol.relayd import CloseCommand
 from pyrelayd.protocol.viewer import Seek
 from tests.integration.lttng_env import stop_process, wait_until
+from tests.requirements import require_tool
 from tests.unit.relayd_process import start_daemon, start_relay
 
 PACKET = b"P" * 4096
@@ -142,15 +142,6 @@ input(type="imuxsock" Socket="{socket}")
 template(name="line" type="string" string="{template}")
 *.* action(type="omfile" file="{file}" template="line")
 """
-
-
-def require_tool(tool: str, package: str) -> None:
-    """Skip without `tool`, unless the real peers are required (CI: scripts/install has it)."""
-    if shutil.which(tool) is None:
-        message = f"{tool} is not installed (Debian package `{package}`)"
-        if os.environ.get("PYRELAYD_TEST_REQUIRE_PEERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 async def test_rsyslog_receives_the_daemon_s_lines(tmp_path: Path) -> None:
