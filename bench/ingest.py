@@ -52,11 +52,9 @@ class IngestResult:
         return 100 * self.producer.cpu_s / self.producer.wall_s
 
 
-def ingest_once(relay: Relay, output: str, size: int, config: IngestConfig,
-                 problems: list[str]) -> IngestResult:
-    plan = ProducerPlan(relay.control_port, relay.data_port, f"ingest-{size}", 1,
-                        config.streams, size, max(1, config.total_bytes // (config.streams * size)))
-    producer = ChildProcess(run_producer, plan, name=f"producer {relay.kind}")
+def measured_run(relay: Relay, producer: ChildProcess) -> tuple[ProducerResult, float]:
+    """Run a producer child (ready, go, done, close) and measure the relay's CPU seconds
+    between its go and its done; the relay must still be running afterwards."""
     try:
         producer.expect("ready", 120)
         before = relay.cpu_seconds()
@@ -68,6 +66,15 @@ def ingest_once(relay: Relay, output: str, size: int, config: IngestConfig,
     finally:
         producer.stop()
     relay.check_running()
+    return result, cpu
+
+
+def ingest_once(relay: Relay, output: str, size: int, config: IngestConfig,
+                problems: list[str]) -> IngestResult:
+    plan = ProducerPlan(relay.control_port, relay.data_port, f"ingest-{size}", 1,
+                        config.streams, size, max(1, config.total_bytes // (config.streams * size)))
+    result, cpu = measured_run(
+        relay, ChildProcess(run_producer, plan, name=f"producer {relay.kind}"))
     check = verify_output(relay.output_dir, plan)
     problems += [f"{relay.name} {output} {size_label(size)}: {p}" for p in check.problems]
     run = IngestResult(relay.kind, output, size, result, cpu, check.ok)

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.children import ChildProcess
+from bench.ingest import measured_run
 from bench.producers import PATTERNS, SESSION_CONCURRENCY, run_pattern
 from bench.relays import RELAY_KINDS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import Section, Table, number, ratio, size_label
@@ -87,18 +88,8 @@ class PatternResult:
 def _run_once(relay: Relay, config: PatternsConfig, pattern: str, size: int,
               problems: list[str]) -> PatternRun:
     plan = config.plan(relay, pattern, size)
-    producer = ChildProcess(run_pattern, pattern, plan, name=f"{pattern} producer {relay.kind}")
-    try:
-        producer.expect("ready", 120)
-        before = relay.cpu_seconds()
-        producer.send("go")
-        result: ProducerResult = producer.expect("done")
-        cpu = relay.cpu_seconds() - before
-        producer.send("close")
-        producer.expect("closed")
-    finally:
-        producer.stop()
-    relay.check_running()
+    result, cpu = measured_run(
+        relay, ChildProcess(run_pattern, pattern, plan, name=f"{pattern} producer {relay.kind}"))
     check = verify_output(relay.output_dir, plan)
     problems += [f"{relay.name} {pattern} {size_label(size)}: {p}" for p in check.problems]
     run = PatternRun(relay.kind, pattern, size, result, cpu, check.ok)
