@@ -575,9 +575,10 @@ class Session:
         live_timer_us: int | None = None,
         base_path: str = "",
         snapshot: bool = False,
+        relay_host: str = "127.0.0.1",
     ) -> Session:
-        """`lttng create NAME --set-url=net://127.0.0.1:C:D[BASE_PATH] [--live=US] [--snapshot]`."""
-        args = ["create", name, f"--set-url={relay.url(base_path)}"]
+        """`lttng create NAME --set-url=net://HOST:C:D[BASE_PATH] [--live=US] [--snapshot]`."""
+        args = ["create", name, f"--set-url={relay.url(base_path, relay_host)}"]
         args += sessiond.create_options(live_timer_us=live_timer_us, snapshot=snapshot)
         sessiond.lttng(*args)
         return cls(sessiond, name, relay, live_timer_us, snapshot)

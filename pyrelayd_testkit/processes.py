@@ -133,9 +133,24 @@ def kill_if_same_process(pid: int, start_time: int | None) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
+    """User + system CPU time of a process, all its threads included, plus that of its
+    living child processes (pyrelayd's `--workers`) and of the children it has reaped."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    total = sum(int(field) for field in fields[11:15]) / CLOCK_TICKS  # utime stime cu cs
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """The living children of a process (all its threads')."""
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children += [int(c) for c in (task / "children").read_text().split()]
+    return children
 
 
 def status_kib(pid: int, key: str) -> int:

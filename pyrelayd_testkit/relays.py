@@ -86,9 +86,9 @@ class Relay:
     def name(self) -> str:
         return RELAY_NAMES[self.kind]
 
-    def url(self, base_path: str = "") -> str:
-        """The `lttng create --set-url` value that streams to this relay."""
-        return f"net://127.0.0.1:{self.control_port}:{self.data_port}{base_path}"
+    def url(self, base_path: str = "", host: str = "127.0.0.1") -> str:
+        """The `lttng create --set-url` value that streams to this relay (through `host`)."""
+        return f"net://{host}:{self.control_port}:{self.data_port}{base_path}"
 
     def live_url(self, session_name: str | None = None, hostname: str = HOSTNAME) -> str:
         """The babeltrace2 lttng-live URL of a session (or the listing URL without one)."""

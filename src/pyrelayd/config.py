@@ -82,3 +82,5 @@ class RelaydOptions:
     health_check_delta_s: float = DEFAULT_HEALTH_CHECK_DELTA_S
     # --log-file: log there (reopened on SIGHUP) instead of stderr or, as a daemon, syslog.
     log_file: Path | None = None
+    # --workers: worker processes sharing the traced hosts (1: one process, the default).
+    workers: int = 1

@@ -21,8 +21,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-TRACE = 5
-logging.addLevelName(TRACE, "TRACE")
+from pyrelayd.constants import TRACE as TRACE
 
 IDENT = "pyrelayd"
 DEFAULT_SYSLOG_SOCKET = "/dev/log"

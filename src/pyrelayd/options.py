@@ -35,6 +35,7 @@ from pyrelayd.config import (
     TcpKeepAlive,
 )
 from pyrelayd.inifile import ConfigEntry, parse_config_value, read_config_entries
+from pyrelayd.netaddr import resolved
 from pyrelayd.protocol.uri import UriError, listen_address, parse_uri
 
 PROG = "pyrelayd"
@@ -89,6 +90,7 @@ _OPTIONS = (
     _Option("log-file", None, True),
     _Option("group", "g", True),
     _Option("fd-pool-size", None, True),
+    _Option("workers", None, True),
     _Option("help", "h", False),
     _Option("output", "o", True),
     _Option("verbose", "v", False),
@@ -121,6 +123,8 @@ Daemon:
   -w, --working-directory=DIR   change to DIR after starting
       --fd-pool-size=COUNT      keep at most COUNT file descriptors open
                                 (default: the soft RLIMIT_NOFILE)
+      --workers=COUNT           serve the traced hosts from COUNT processes, one core each
+                                (default: 1; see docs/scaling.md)
   -v, --verbose                 increase verbosity (up to three times)
       --log-file=PATH           log to PATH (reopened on SIGHUP) instead of stderr or,
                                 with -d/-b, syslog
@@ -229,6 +233,7 @@ class _Settings:
         self.background = False
         self.group = "tracing"
         self.fd_pool_size: int | None = None
+        self.workers = 1
         self.verbosity = 0
         self.working_directory: str | None = environ.get(ENV_WORKING_DIRECTORY) or None
         self.group_output_by: GroupOutputBy | None = None
@@ -260,6 +265,9 @@ class _Settings:
             case "fd-pool-size":
                 assert value is not None
                 self.fd_pool_size = _parse_fd_pool_size(value, origin)
+            case "workers":
+                assert value is not None
+                self.workers = _parse_workers(value, origin)
             case "daemonize":
                 self.daemonize = True
             case "background":
@@ -327,9 +335,9 @@ def _listener(
 ) -> ListenAddress:
     url, origin = settings.urls.get(listener, (default_url, _COMMAND_LINE))
     try:
-        return listen_address(
+        return resolved(listen_address(
             url, default_port, dynamic_port_allocation=settings.dynamic_port_allocation
-        )
+        ))
     except UriError as error:
         raise CliError(f"invalid {listener} port URL '{url}'{_where(origin)}: {error}") from None
 
@@ -340,6 +348,16 @@ def _parse_fd_pool_size(text: str, origin: str) -> int:
             f"invalid --fd-pool-size value '{text}'{_where(origin)}: expected a number of "
             "file descriptors"
         )
+    return int(text)
+
+
+MAX_WORKERS = 1024
+
+
+def _parse_workers(text: str, origin: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
+        raise CliError(f"invalid --workers value '{text}'{_where(origin)}: expected a number "
+                       f"of processes from 1 to {MAX_WORKERS}")
     return int(text)
 
 
@@ -494,6 +512,9 @@ def parse_options(
     metrics = (_listener(settings, "metrics", "", DEFAULT_METRICS_PORT)
                if "metrics" in settings.urls else None)
     _check_fd_pool_size(settings.fd_pool_size)
+    if metrics is not None and settings.workers > 1:
+        raise CliError("--metrics-port cannot be used with --workers yet: each worker has its "
+                       "own counters (see docs/scaling.md)")
 
     if settings.output is not None:
         if not settings.output:
@@ -536,4 +557,5 @@ def parse_options(
         health_socket=_absolute(health_socket) if health_socket else None,
         health_check_delta_s=_health_check_delta(environ),
         log_file=log_file,
+        workers=settings.workers,
     )

@@ -47,8 +47,11 @@ class RelaydProducer:
     """
 
     def __init__(self, host: str, control_port: int, data_port: int,
-                 minor: int = wire.RELAYD_VERSION_MINOR) -> None:
+                 minor: int = wire.RELAYD_VERSION_MINOR, *, source: str | None = None) -> None:
+        """`source`: the local address to connect from (e.g. 127.0.0.N to look like
+        traced host N to a relay that tells hosts apart by address)."""
         self.host = host
+        self.source = source
         self.control_port = control_port
         self.data_port = data_port
         self.minor = minor
@@ -61,8 +64,11 @@ class RelaydProducer:
     # ----------------------------------------------------------------- connections
 
     async def connect(self) -> None:
-        self._control = await asyncio.open_connection(self.host, self.control_port)
-        _, data_writer = await asyncio.open_connection(self.host, self.data_port)
+        local = None if self.source is None else (self.source, 0)
+        self._control = await asyncio.open_connection(self.host, self.control_port,
+                                                      local_addr=local)
+        _, data_writer = await asyncio.open_connection(self.host, self.data_port,
+                                                       local_addr=local)
         self._data = data_writer
         reply = await self.request(Command.VERSION, wire.Version(2, self.minor).encode(), 8)
         major, relay_minor = struct.unpack(">II", reply)

@@ -53,6 +53,16 @@ class RelaySettings:
     group_output_by: GroupOutputBy = GroupOutputBy.HOST
     allow_clear: bool = True
     fd_pool_size: int | None = None  # at most this many descriptors (None: no limit)
+    # This relay's share of the id space when several worker processes make one relay
+    # (`--workers`): worker `index` of `count` gives ids index+1, index+1+count, ... so that
+    # session, stream, trace and viewer ids are unique across the workers, and the worker
+    # owning an id is `(id - 1) % count` (`owner_of`). A single relay is (0, 1): 1, 2, 3...
+    id_shard: tuple[int, int] = (0, 1)
+
+
+def owner_of(identifier: int, worker_count: int) -> int:
+    """The worker that gave `identifier` (see `RelaySettings.id_shard`)."""
+    return (identifier - 1) % worker_count
 
 
 class Relay:
@@ -65,25 +75,34 @@ class Relay:
         self.fd_pool = FdPool(settings.fd_pool_size)
         self.counters = RelayCounters()
         self.ledger = SessionLedger()  # what each session received, for metrics
-        self._last_session_id = 0
-        self._last_stream_handle = 0
-        self._last_trace_id = 0
-        self._last_viewer_id = 0
+        index, count = settings.id_shard
+        if not 0 <= index < count:
+            raise ValueError(f"worker {index} of {count}")
+        self._id_step = count
+        first = index + 1 - count  # the last id given before the first one
+        self._last_session_id = first
+        self._last_stream_handle = first
+        self._last_trace_id = first
+        self._last_viewer_id = first
 
     def next_viewer_id(self) -> int:
         """The id a CONNECT reply gives a live command connection."""
-        self._last_viewer_id += 1
+        self._last_viewer_id += self._id_step
         return self._last_viewer_id
 
     # ----------------------------------------------------------------- ids
 
     def next_trace_id(self) -> int:
-        self._last_trace_id += 1
+        self._last_trace_id += self._id_step
         return self._last_trace_id
 
     def next_stream_handle(self) -> int:
-        self._last_stream_handle += 1
+        self._last_stream_handle += self._id_step
         return self._last_stream_handle
+
+    def next_session_id(self) -> int:
+        self._last_session_id += self._id_step
+        return self._last_session_id
 
     # ----------------------------------------------------------------- sessions
 
@@ -120,8 +139,7 @@ class Relay:
                 # Old peers send full paths: one anonymous chunk at the output root.
                 chunk = TraceChunk(None, info.creation_time, "", root, pool=self.fd_pool,
                                    counters=self.counters)
-        self._last_session_id += 1
-        session = RelaySession(self, self._last_session_id, info, output_path, directory)
+        session = RelaySession(self, self.next_session_id(), info, output_path, directory)
         session.current_chunk = chunk
         self.sessions[session.id] = session
         self.chunks.session_created(info.sessiond_uuid)

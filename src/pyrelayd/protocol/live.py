@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pyrelayd.logs import TRACE
+from pyrelayd.constants import TRACE
 from pyrelayd.model.viewer import PacketRange, ViewerSession, ViewerStream, listed_sessions
 from pyrelayd.protocol import viewer as wire
 from pyrelayd.protocol.viewer import ProtocolError

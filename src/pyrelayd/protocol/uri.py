@@ -8,8 +8,9 @@ The grammar is the one `lttng-relayd -C/-D/-L` and `lttng create --set-url` acce
 
 Prefixes are case-insensitive. IPv6 literals go between brackets (`tcp6://[::1]:5342`). An
 omitted or empty port is 0, meaning "the default" (or "the OS picks" with dynamic port
-allocation). `parse_uri` only reads text; `listen_address` turns a URL into what a listener
-binds, resolving host names for the URL's address family.
+allocation). Sans-IO like the rest of protocol/: `parse_uri` only reads text, and
+`listen_address` turns a URL into what a listener binds with the host as written. Resolving a
+host name is DNS, i.e. I/O: `pyrelayd.netaddr.resolved` does it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import socket
+from typing import Literal
 
 from pyrelayd.config import ListenAddress
 
 MAX_PORT = 65535
-_LOOPBACK_IPV4 = "127.0.0.1"
-_LOOPBACK_IPV6 = "::1"
 
 
 class UriError(ValueError):
@@ -41,7 +40,7 @@ class NetworkUri:
     """A `net*://` or `tcp*://` URL.
 
     `ports` holds one port for TCP and two (control, data) for NET; 0 means not given.
-    `host` is as written (without brackets); it is resolved only by `listen_address`.
+    `host` is as written (without brackets); only `pyrelayd.netaddr` resolves it.
     """
 
     scheme: Scheme
@@ -170,43 +169,27 @@ def _check_host(host: str, ipv6: bool) -> None:
         raise UriError(f"'{host}' is an IPv6 address; use tcp6:// or net6:// for IPv6")
 
 
-def resolve_host(host: str, ipv6: bool) -> str:
-    """The numeric address `host` stands for in the given family (the first one found).
-
-    `localhost` falls back to the loopback address when the system does not define it for
-    that family (RFC 6761), as lttng does, so that a relay can start before the network is up.
-    """
-    family = socket.AF_INET6 if ipv6 else socket.AF_INET
-    try:
-        infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        infos = []
-    for _family, _type, _proto, _canonname, sockaddr in infos:
-        return str(sockaddr[0])
-    if host == "localhost":
-        return _LOOPBACK_IPV6 if ipv6 else _LOOPBACK_IPV4
-    raise UriError(f"cannot resolve host '{host}' to an IPv{6 if ipv6 else 4} address")
-
-
 def listen_address(
     text: str,
     default_port: int,
     *,
     dynamic_port_allocation: bool = False,
-    resolve: bool = True,
+    resolve: Literal[False] = False,
 ) -> ListenAddress:
-    """What a relay listener given the URL `text` binds.
+    """What a relay listener given the URL `text` binds, its host as written.
 
     Only the first (control) URI of a `net://` URL is used and its subdirectory is ignored,
     as lttng-relayd does. Port 0 becomes `default_port`, unless dynamic port allocation is
-    on: then it stays 0 and the OS picks. With `resolve`, host names become numeric
-    addresses of the URL's family, so a bad name fails at startup rather than at bind time.
+    on: then it stays 0 and the OS picks. Host names stay names: `pyrelayd.netaddr.resolved`
+    makes them numeric addresses of the URL's family (I/O, so not here). `resolve=False` is
+    still accepted from callers written when this function could resolve.
     """
+    if resolve:
+        raise TypeError("listen_address does not resolve host names: use pyrelayd.netaddr")
     uri = parse_uri(text)
     if isinstance(uri, FileUri):
         raise UriError("file:// URLs cannot be used for a listener (use tcp:// or net://)")
     port = uri.port
     if port == 0 and not dynamic_port_allocation:
         port = default_port
-    host = resolve_host(uri.host, uri.ipv6) if resolve else uri.host
-    return ListenAddress(host=host, port=port, ipv6=uri.ipv6)
+    return ListenAddress(host=uri.host, port=port, ipv6=uri.ipv6)

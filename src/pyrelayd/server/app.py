@@ -10,7 +10,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING
 
 from pyrelayd import logs
@@ -32,6 +32,7 @@ from pyrelayd.server.timeouts import Stallable, StallSweeper, stall_timeout
 
 if TYPE_CHECKING:
     from pyrelayd.server.metrics import MetricsEndpoint
+    from pyrelayd.server.workers import Router, WorkerChannel
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,27 @@ def _apply_keep_alive(sock: socket.socket, settings: TcpKeepAlive) -> None:
 
 
 class RelayDaemon:
-    def __init__(self, options: RelaydOptions) -> None:
+    """The relay process. Three shapes: a whole relay (the default); with `--workers N`,
+    the router in front of N workers (server/workers.py); or one of those workers, which
+    gets its connections from the router's `channel` instead of listening."""
+
+    def __init__(self, options: RelaydOptions, *, shard: tuple[int, int] = (0, 1),
+                 channel: socket.socket | None = None) -> None:
         self.options = options
         self.relay = Relay(RelaySettings(
             output_root=options.output_root,
             group_output_by=options.group_output_by,
             allow_clear=options.allow_clear,
             fd_pool_size=None,  # limited in `start`, once what is already open is known
+            id_shard=shard,
         ))
         self.fd_budget = fd_budget(options.fd_pool_size)
+        if options.fd_pool_size is not None and shard[1] > 1:  # --fd-pool-size: the total
+            self.fd_budget = max(RELAYD_FD_POOL_SIZE_RESERVE, self.fd_budget // shard[1])
+        self.channel = channel
+        self.worker_channel: WorkerChannel | None = None
+        self.router: Router | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[asyncio.BaseProtocol] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.ports: dict[str, int] = {}
@@ -114,18 +127,25 @@ class RelayDaemon:
         self._close_listener[name] = server.close
         log.info("%s listening on %s port %d", name, address.host, self.ports[name])
 
+    def _control_protocol(self) -> asyncio.BaseProtocol:
+        self.relay.counters.connections_accepted["control"] += 1
+        return _with_socket_options(ControlProtocol(self.relay, self.connections),
+                                    self.options.tcp_keep_alive)
+
+    def _data_protocol(self) -> asyncio.BaseProtocol:
+        self.relay.counters.connections_accepted["data"] += 1
+        return _with_socket_options(DataProtocol(self.relay, self.connections),
+                                    self.options.tcp_keep_alive)
+
     async def start(self) -> None:
         self.options.output_root.mkdir(parents=True, exist_ok=True)
-        keep_alive = self.options.tcp_keep_alive
-
-        def control() -> asyncio.BaseProtocol:
-            self.relay.counters.connections_accepted["control"] += 1
-            return _with_socket_options(ControlProtocol(self.relay, self.connections), keep_alive)
-
-        def data() -> asyncio.BaseProtocol:
-            self.relay.counters.connections_accepted["data"] += 1
-            return _with_socket_options(DataProtocol(self.relay, self.connections), keep_alive)
-
+        if self.channel is not None:
+            await self._start_worker(self.channel)
+            return
+        if self.options.workers > 1:
+            await self._start_router(self.options.workers)
+            return
+        control, data = self._control_protocol, self._data_protocol
         await self._listen("control", self.options.control, control)
         await self._listen("data", self.options.data, data)
         self.live = LiveServer(self.relay, self._live_listener(self.options.live))
@@ -142,11 +162,95 @@ class RelayDaemon:
         log.info("fd pool: %d descriptors for stream files, sockets and viewers",
                  self.relay.fd_pool.limit)
 
+    # ----------------------------------------------------------------- --workers
+
+    async def _start_router(self, count: int) -> None:
+        from pyrelayd.server.workers import Router
+
+        self.router = router = Router(self, count)
+        listeners = {name: self._bind(name, address) for name, address in
+                     (("control", self.options.control), ("data", self.options.data),
+                      ("live", self.options.live))}
+        try:
+            await router.start_workers()
+        except BaseException:
+            for listener in listeners.values():
+                listener.close()
+            await router.stop_workers()
+            raise
+        for name in ("control", "data"):
+            router.listen(name, listeners[name])
+            self.health.add_listener(Component.LISTENER, name, listeners[name])
+            self._close_listener[name] = router.acceptors[-1].close
+        acceptor = router.listen_live(listeners["live"])
+        self.health.add_listener(Component.LIVE_LISTENER, "live", listeners["live"])
+        self._close_listener["live"] = acceptor.close
+        self._start_operations()
+        log.info("%d workers serving", count)
+
+    async def _start_worker(self, channel: socket.socket) -> None:
+        from pyrelayd.server.workers import WorkerChannel
+
+        self.live = LiveServer(self.relay, None)
+        self._start_operations()
+        untracked = open_descriptor_count() + RELAYD_FD_POOL_SIZE_RESERVE
+        self.relay.fd_pool.limit = max(1, self.fd_budget - untracked)
+        self.worker_channel = WorkerChannel(self, channel)
+        self.worker_channel.start()
+
+    def adopt(self, kind: bytes, peer: str, fd: int) -> None:
+        """A connection the router passed to this worker: serve it as if accepted here."""
+        from pyrelayd.server import workers
+
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as error:
+            os.close(fd)
+            log.error("connection from %s: unusable descriptor: %s", peer, error)
+            return
+        if kind == workers.LIVE:
+            assert self.live is not None
+            host, _, port = peer.rpartition(":")
+            self.live.adopt(sock, (host, int(port) if port.isdigit() else 0))
+            return
+        factory = self._control_protocol if kind == workers.CONTROL else self._data_protocol
+        loop = asyncio.get_running_loop()
+
+        async def connect() -> None:
+            try:
+                await loop.connect_accepted_socket(factory, sock)
+            except OSError as error:
+                log.error("connection from %s: %s", peer, error)
+                sock.close()
+
+        task = loop.create_task(connect())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _bind(self, name: str, address: ListenAddress) -> socket.socket:
+        family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
+        infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        self.ports[name] = sock.getsockname()[1]
+        log.info("%s listening on %s port %d", name, address.host, self.ports[name])
+        return sock
+
     # ----------------------------------------------------------------- operations
 
     def _start_operations(self) -> None:
         """The health socket (a listener like the others: bound before readiness), the
         loop's heartbeat, the stall sweep and systemd's watchdog."""
+        if self.channel is not None:  # a worker: the router has the health socket
+            self._beat()
+            self.sweeper.start()
+            return
         run_dir = self.options.run_dir
         for directory in (run_dir, run_dir / RUN_SUBDIRECTORY):
             make_run_directory(directory, self.options.tracing_group)
@@ -220,19 +324,7 @@ class RelayDaemon:
         self.ports["metrics"] = await self.metrics.start(address)
 
     def _live_listener(self, address: ListenAddress) -> socket.socket:
-        family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
-        infos = socket.getaddrinfo(address.host, address.port, family, socket.SOCK_STREAM)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(infos[0][4])
-            sock.listen(1024)
-        except OSError:
-            sock.close()
-            raise
-        self.ports["live"] = sock.getsockname()[1]
-        log.info("live listening on %s port %d", address.host, self.ports["live"])
-        return sock
+        return self._bind("live", address)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -254,6 +346,11 @@ class RelayDaemon:
         self._stop_operations()
         if self.metrics is not None:
             self.metrics.close()
+        if self.router is not None:
+            await self.router.close()
+            await self.router.stop_workers()
+        if self.worker_channel is not None:
+            self.worker_channel.close()
         for server in self.servers:
             server.close()
         if self.live is not None:
@@ -299,7 +396,7 @@ def run(options: RelaydOptions, on_ready: ReadyCallback | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, daemon.stop)
         if options.log_file is not None:
-            loop.add_signal_handler(signal.SIGHUP, logs.reopen)  # logrotate
+            loop.add_signal_handler(signal.SIGHUP, lambda: _reopen_logs(daemon))  # logrotate
         try:
             await daemon.serve(on_ready)
         except OSError as error:
@@ -308,8 +405,34 @@ def run(options: RelaydOptions, on_ready: ReadyCallback | None = None) -> int:
             return 1
         return 0
 
+    return _run_loop(main())
+
+
+def _reopen_logs(daemon: RelayDaemon) -> None:
+    logs.reopen()
+    if daemon.router is not None:
+        daemon.router.forward_signal(signal.SIGHUP)
+
+
+def run_worker(options: RelaydOptions, channel: socket.socket, shard: tuple[int, int]) -> int:
+    """Run one worker of `--workers` until SIGTERM/SIGINT or until its router is gone."""
+
+    async def main() -> int:
+        daemon = RelayDaemon(options, shard=shard, channel=channel)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, daemon.stop)
+        if options.log_file is not None:
+            loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+        await daemon.serve(None)
+        return 0
+
+    return _run_loop(main())
+
+
+def _run_loop(main: Coroutine[None, None, int]) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -242,16 +242,23 @@ class LiveConnection:
 class LiveServer:
     """Accepts viewers on the live port and serves them on the running event loop."""
 
-    def __init__(self, relay: Relay, listener: socket.socket) -> None:
+    def __init__(self, relay: Relay, listener: socket.socket | None) -> None:
+        """`listener`: None in a worker of `--workers`, given its viewers by `adopt`."""
         self.relay = relay
         self.connections: set[LiveConnection] = set()
         self.loop = asyncio.get_running_loop()
-        self.acceptor = Acceptor("live", listener, self._accepted)
+        self._acceptor = None if listener is None else Acceptor("live", listener, self.adopt)
+
+    @property
+    def acceptor(self) -> Acceptor:
+        assert self._acceptor is not None, "a worker's live server has no listener"
+        return self._acceptor
 
     def start(self) -> None:
         self.acceptor.start()
 
-    def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
+    def adopt(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Serve a viewer connection (accepted here, or passed by the router)."""
         self.relay.fd_pool.hold()
         self.relay.counters.connections_accepted["live"] += 1
         name = f"viewer {address[0]}:{address[1]}"
@@ -262,6 +269,7 @@ class LiveServer:
         connection.start()
 
     async def stop(self) -> None:
-        self.acceptor.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for connection in list(self.connections):
             connection.close("relay shutting down")
