@@ -1,4 +1,5 @@
-"""LTTng URL parsing: the grammar of `lttng-relayd -C/-D/-L` and `lttng create --set-url`."""
+"""LTTng URL parsing: the grammar of `lttng-relayd -C/-D/-L` and `lttng create --set-url`;
+and the resolution of listener host names (`pyrelayd.netaddr`), which is kept out of it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyrelayd.config import ListenAddress
+from pyrelayd.netaddr import resolve_host, resolved
 from pyrelayd.protocol.uri import (
     FileUri,
     NetworkUri,
@@ -14,7 +16,6 @@ from pyrelayd.protocol.uri import (
     UriError,
     listen_address,
     parse_uri,
-    resolve_host,
 )
 
 # --- parse_uri: accepted forms --------------------------------------------------------------
@@ -192,13 +193,33 @@ def test_listen_address_refuses_file_urls() -> None:
         listen_address("file:///tmp/x", 5342)
 
 
-def test_listen_address_refuses_unresolvable_hosts() -> None:
-    with pytest.raises(UriError, match=r"cannot resolve host 'no-such-host\.invalid'"):
-        listen_address("tcp://no-such-host.invalid:1", 5342)
-
-
-def test_listen_address_without_resolution_keeps_the_name() -> None:
+def test_listen_address_keeps_host_names() -> None:
+    # Resolving is I/O: not protocol/'s business (pyrelayd.netaddr does it).
+    assert listen_address("tcp://some.name:1", 5342).host == "some.name"
     assert listen_address("tcp://some.name:1", 5342, resolve=False).host == "some.name"
+
+
+def test_listen_address_refuses_to_resolve() -> None:
+    with pytest.raises(TypeError, match=r"pyrelayd\.netaddr"):
+        listen_address("tcp://some.name:1", 5342, resolve=True)  # type: ignore[arg-type]
+
+
+# --- resolution (pyrelayd.netaddr) ----------------------------------------------------------
+
+
+def test_resolved_refuses_unresolvable_hosts() -> None:
+    address = listen_address("tcp://no-such-host.invalid:1", 5342)
+    with pytest.raises(UriError, match=r"cannot resolve host 'no-such-host\.invalid'"):
+        resolved(address)
+
+
+def test_resolved_keeps_the_port_and_family() -> None:
+    assert resolved(listen_address("tcp6://localhost:6000", 5342)) == ListenAddress(
+        "::1", 6000, True
+    )
+    assert resolved(listen_address("net://127.0.0.1", 5342, dynamic_port_allocation=True)) == (
+        ListenAddress("127.0.0.1", 0, False)
+    )
 
 
 @pytest.mark.parametrize(("ipv6", "loopback"), [(False, "127.0.0.1"), (True, "::1")])
