@@ -42,8 +42,9 @@ from bench.relays import (  # noqa: E402
     relay_open_file_limit,
 )
 from bench.report import GIB, MIB, Section, load_average, machine_description  # noqa: E402
+from bench.scaling import ScalingConfig, run_scaling  # noqa: E402
 
-BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns", "metrics")
+BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns", "metrics", "scaling")
 NOTES_BEGIN = "<!-- NOTES_BEGIN: hand-written, kept by bench/run.py -->"
 NOTES_END = "<!-- NOTES_END -->"
 COMMAND = "python bench/run.py"
@@ -58,6 +59,7 @@ class Sizes:
     idle: IdleConfig
     patterns: PatternsConfig
     metrics: MetricsCostConfig
+    scaling: ScalingConfig
 
 
 def sizes(smoke: bool, full: bool) -> Sizes:
@@ -70,6 +72,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
             IdleConfig(20, idle_s=0.5, limited_sessions=5, limited_streams=40),
             PatternsConfig(MIB, repeat=1, sessions=4, session_packets_per_stream=2),
             MetricsCostConfig(2 * MIB, repeat=1),
+            ScalingConfig(2 * MIB, packet_sizes=(4096,), repeat=1),
         )
     return Sizes(
         IngestConfig(GIB, repeat=5),
@@ -79,6 +82,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
         IdleConfig(1000, idle_s=5.0),
         PatternsConfig(256 * MIB, repeat=5),
         MetricsCostConfig(GIB, repeat=5),
+        ScalingConfig(512 * MIB, repeat=3),
     )
 
 
@@ -109,8 +113,10 @@ def run(selected: list[str], plan: Sizes, workdir: Path) -> Results:
             section, results.idle = run_idle(plan.idle, workdir)
         elif name == "patterns":
             section, results.patterns = run_patterns(plan.patterns, workdir)
-        else:
+        elif name == "metrics":
             section, _ = run_metrics_cost(plan.metrics, workdir)
+        else:
+            section, _ = run_scaling(plan.scaling, workdir)
         section.notes.append(f"Benchmark time: {time.monotonic() - start:.0f} s.")
         results.sections.append(section)
         print()

@@ -114,11 +114,14 @@ class SyntheticSession:
     """One recording session as one consumer daemon streams it: a control and a data socket."""
 
     def __init__(self, control_port: int, data_port: int, name: str, *,
-                 live_timer_us: int = 0, host: str = "127.0.0.1") -> None:
+                 live_timer_us: int = 0, host: str = "127.0.0.1",
+                 source: str | None = None) -> None:
+        """`source`: the local address to connect from (127.0.0.N: traced host N)."""
         self.name = name
         self.live_timer_us = live_timer_us
-        self.control = socket.create_connection((host, control_port))
-        self.data = socket.create_connection((host, data_port))
+        local = None if source is None else (source, 0)
+        self.control = socket.create_connection((host, control_port), source_address=local)
+        self.data = socket.create_connection((host, data_port), source_address=local)
         for sock in (self.control, self.data):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.minor = wire.RELAYD_VERSION_MINOR
@@ -227,6 +230,12 @@ class ProducerPlan:
     packet_size: int
     packets_per_stream: int
     live_timer_us: int = 0
+    # > 0: session N connects from 127.0.0.(10 + N % hosts), as if from that many traced
+    # hosts (a relay with --workers gives each host to one worker); 0: all from 127.0.0.1.
+    hosts: int = 0
+
+    def source(self, number: int) -> str | None:
+        return f"127.0.0.{10 + number % self.hosts}" if self.hosts else None
 
     @property
     def payload_bytes(self) -> int:
@@ -270,7 +279,8 @@ def run_producer(conn: Connection, plan: ProducerPlan) -> None:
         for number in range(plan.sessions):
             session = SyntheticSession(plan.control_port, plan.data_port,
                                        plan.session_name(number),
-                                       live_timer_us=plan.live_timer_us)
+                                       live_timer_us=plan.live_timer_us,
+                                       source=plan.source(number))
             sessions.append(session)
             session.open(plan.streams_per_session)
         conn.send(("ready", [session.session_id for session in sessions]))

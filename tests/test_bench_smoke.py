@@ -19,9 +19,10 @@ import pytest
 from pyrelayd_testkit.lttng import host_has_lttng
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns", "metrics")
+BENCHMARKS = ("ingest", "e2e", "many", "live", "idle", "patterns", "metrics", "scaling")
 SECTIONS = ("1. Ingest throughput", "2. End to end with real LTTng", "3. Many producers",
-            "4. Live serving", "5. Idle scale", "6. Producer patterns", "7. Metrics cost")
+            "4. Live serving", "5. Idle scale", "6. Producer patterns", "7. Metrics cost",
+            "8. Scaling over cores")
 
 pytestmark = [
     pytest.mark.lttng,
