@@ -284,6 +284,10 @@ class RelayDaemon:
     def _beat(self) -> None:
         """The loop's heartbeat for the health check; it also notices dead listeners."""
         self.health.beat()
+        if self.worker_channel is not None:
+            self.worker_channel.beat()
+        if self.router is not None:
+            self.router.check_workers()
         for name in self.health.check_listeners():
             log.error("%s port: no longer listening; the health check reports it", name)
             close = self._close_listener.pop(name, None)

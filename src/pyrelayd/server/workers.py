@@ -54,6 +54,7 @@ WORKER_ENV = "PYRELAYD_WORKER"
 CONTROL, DATA, LIVE = b"C", b"D", b"L"
 OPTIONS = b"O"  # the first message: the relay's options (pickled: the worker is our child)
 READY = b"R"  # worker to router: serving
+BEAT = b"B"  # worker to router: its event loop turns (sent at each heartbeat)
 _MESSAGE_MAX = 1 << 16
 
 _READY_TIMEOUT_S = 60.0
@@ -79,12 +80,12 @@ class HostTable:
         if worker is not None:
             self.hosts.move_to_end(host)
             return worker
+        if len(self.hosts) >= self.capacity:
+            _, evicted = self.hosts.popitem(last=False)
+            self.load[evicted] -= 1
         worker = min(range(len(self.load)), key=self.load.__getitem__)
         self.hosts[host] = worker
         self.load[worker] += 1
-        if len(self.hosts) > self.capacity:
-            _, evicted = self.hosts.popitem(last=False)
-            self.load[evicted] -= 1
         return worker
 
 
@@ -105,6 +106,7 @@ class WorkerProcess:
         self.channel: socket.socket | None = None
         self.ready = asyncio.get_running_loop().create_future()
         self.started_at = 0.0
+        self.last_beat = 0.0
         # Connections that came while the worker was starting (again): passed once it is ready.
         self.waiting: list[tuple[bytes, str, socket.socket]] = []
 
@@ -207,11 +209,14 @@ class Router:
             return
         except OSError:
             message = b""
+        if message == BEAT:
+            worker.last_beat = time.monotonic()
+            return
         if message == READY:
+            worker.last_beat = time.monotonic()
             if not worker.ready.done():
                 worker.ready.set_result(None)
-            if not any(w.waiting or not w.ready.done() for w in self.workers):
-                self.daemon.health.failed.discard(Component.WORKER)
+            self.check_workers()
             worker.flush()
             return
         if message:
@@ -249,6 +254,18 @@ class Router:
             except OSError as error:
                 log.error("worker %d: cannot start: %s", worker.index, error)
                 worker.drop_waiting()
+
+    def check_workers(self) -> None:
+        """The health check's worker bit: set while a worker is down, starting, or has not
+        beaten for the health check's delta (its event loop is stuck)."""
+        now = time.monotonic()
+        delta = self.daemon.health.delta
+        healthy = all(w.ready.done() and not w.ready.cancelled() and w.ready.exception() is None
+                      and now - w.last_beat < delta for w in self.workers)
+        if healthy:
+            self.daemon.health.failed.discard(Component.WORKER)
+        else:
+            self.daemon.health.fail(Component.WORKER)
 
     async def stop_workers(self) -> None:
         self.stopping = True
@@ -395,6 +412,11 @@ class WorkerChannel:
         self.channel.setblocking(False)
         self.loop.add_reader(self.channel.fileno(), self._receive)
         self.channel.send(READY)
+
+    def beat(self) -> None:
+        """Tell the router this worker's loop turns (from the loop's heartbeat)."""
+        with contextlib.suppress(OSError):  # full (the router is busy) or gone: next beat
+            self.channel.send(BEAT)
 
     def _receive(self) -> None:
         for _ in range(64):
