@@ -1,8 +1,8 @@
 """Benchmark 8: more than one core (`pyrelayd --workers N`).
 
 `HOSTS` traced hosts (sessions connecting from 127.0.0.10, .11, ...: a relay with `--workers`
-gives each host to one worker) stream through the ingest benchmark's producer, one session per
-host, to these relays in turn, run after run:
+gives each host to one worker) stream at once, each from its own producer process (the ingest
+benchmark's producer, one session per host), to these relays in turn, run after run:
 
 * lttng-relayd and pyrelayd (one process) pinned to the relay core: the per-core figures;
 * `pyrelayd --workers 2` pinned to that same core: what splitting costs (the router, two event
@@ -23,10 +23,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.children import ChildProcess
-from bench.ingest import OUTPUTS, measured_run
-from bench.relays import LOAD_CPUS, RELAY_CPUS, RELAY_NAMES, RelayKind, start_relay
+from bench.ingest import OUTPUTS
+from bench.relays import LOAD_CPUS, RELAY_CPUS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import Section, Table, median_by, number, ratio, size_label, spread
 from bench.synthetic import ProducerPlan, ProducerResult, run_producer, verify_output
+from pyrelayd_testkit.processes import CLOCK_TICKS, child_pids
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """A process's own user + system time (not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_cpu(relay: Relay) -> dict[int, float]:
+    """CPU seconds of the relay's process and of each of its children, by pid."""
+    found = {relay.pid: own_cpu_seconds(relay.pid)}
+    for pid in child_pids(relay.pid):
+        found[pid] = own_cpu_seconds(pid)
+    return found
 
 HOSTS = 4
 STREAMS_PER_HOST = 2
@@ -70,6 +85,7 @@ class ScalingRun:
     result: ProducerResult
     relay_cpu_s: float
     verified: bool
+    shares: tuple[float, ...]  # of the relay CPU: main process (router), then each worker
 
     @property
     def cpu_us_per_packet(self) -> float:
@@ -101,22 +117,56 @@ class ScalingResult:
         return speeds[len(speeds) // 2]
 
 
+def measured_runs(relay: Relay, producers: Sequence[ChildProcess]
+                  ) -> tuple[ProducerResult, float, tuple[float, ...]]:
+    """Run producer children at once (all ready, all go, all done): one result for all
+    (wall: until the last one is done), the relay's CPU seconds, and their shares by process
+    (the router or single process first, then the workers, busiest first)."""
+    try:
+        for producer in producers:
+            producer.expect("ready", 120)
+        before = relay.cpu_seconds()
+        before_each = process_cpu(relay)
+        for producer in producers:
+            producer.send("go")
+        results: list[ProducerResult] = [producer.expect("done") for producer in producers]
+        cpu = relay.cpu_seconds() - before
+        after_each = process_cpu(relay)
+        for producer in producers:
+            producer.send("close")
+            producer.expect("closed")
+    finally:
+        for producer in producers:
+            producer.stop()
+    relay.check_running()
+    total = ProducerResult(max(r.wall_s for r in results), sum(r.cpu_s for r in results),
+                           sum(r.payload_bytes for r in results), sum(r.packets for r in results))
+    spent = {pid: after_each[pid] - before_each.get(pid, 0.0) for pid in after_each}
+    main = spent.pop(relay.pid)
+    shares = tuple(value / cpu if cpu else 0.0
+                   for value in (main, *sorted(spent.values(), reverse=True)))
+    return total, cpu, shares
+
+
 def _one_run(variant: Variant, size: int, config: ScalingConfig, base: Path, workdir: Path,
              problems: list[str]) -> ScalingRun:
     relay = start_relay(variant.kind, base, workdir, extra_args=variant.extra_args,
                         cpus=variant.cpus)
     try:
         packets = max(1, config.total_bytes // (HOSTS * STREAMS_PER_HOST * size))
-        plan = ProducerPlan(relay.control_port, relay.data_port, f"scaling-{size}", HOSTS,
-                            STREAMS_PER_HOST, size, packets, hosts=HOSTS)
-        result, cpu = measured_run(relay, ChildProcess(run_producer, plan,
-                                                       name=f"producer {variant.name}"))
-        check = verify_output(relay.output_dir, plan)
-        problems += [f"{variant.name} {size_label(size)}: {p}" for p in check.problems]
+        plans = [ProducerPlan(relay.control_port, relay.data_port, f"scaling-{size}-h{host}", 1,
+                              STREAMS_PER_HOST, size, packets, host=host)
+                 for host in range(HOSTS)]
+        result, cpu, shares = measured_runs(relay, [
+            ChildProcess(run_producer, plan, name=f"producer {host} {variant.name}")
+            for host, plan in enumerate(plans)])
+        checks = [verify_output(relay.output_dir, plan) for plan in plans]
+        problems += [f"{variant.name} {size_label(size)}: {p}"
+                     for check in checks for p in check.problems]
     finally:
         relay.stop()
         shutil.rmtree(base, ignore_errors=True)
-    run = ScalingRun(result, cpu, check.ok)
+    run = ScalingRun(result, cpu, all(check.ok for check in checks), shares)
     print(f"  scaling {variant.name:32} {size_label(size):>8}: {result.mb_per_s:8.1f} MB/s, "
           f"{run.cpu_us_per_packet:6.1f} relay CPU us/packet", flush=True)
     return run
@@ -148,7 +198,7 @@ def _section(config: ScalingConfig, results: list[ScalingResult],
              problems: list[str]) -> Section:
     table = Table(["relay", "processes, cores", "packet", "MB/s", "relay CPU µs/packet",
                    "µs/packet of the runs", "relay CPU s/GiB", "relay cores busy",
-                   "verified"])
+                   "CPU share: main process, workers", "verified"])
     for result in results:
         median = result.median
         table.add(RELAY_NAMES[result.variant.kind], result.variant.mode,
@@ -156,6 +206,7 @@ def _section(config: ScalingConfig, results: list[ScalingResult],
                   number(result.median_mb_per_s), number(median.cpu_us_per_packet, 1),
                   spread([run.cpu_us_per_packet for run in result.runs]),
                   number(median.cpu_s_per_gib, 2), number(median.cores_busy, 2),
+                  " / ".join(f"{share:.0%}" for share in median.shares),
                   "yes" if all(run.verified for run in result.runs) else "**no**")
     ratios = Table(["packet", "compared", "MB/s ratio", "CPU/packet ratio"])
     workers = config.workers
@@ -176,7 +227,7 @@ def _section(config: ScalingConfig, results: list[ScalingResult],
                                  found[bottom].median.cpu_us_per_packet))
     description = (
         f"{HOSTS} traced hosts (one session of {STREAMS_PER_HOST} streams each, connecting "
-        "from its own address) stream "
+        "from its own address, each host a producer process of its own) stream "
         f"{size_label(config.total_bytes)} per run to {config.output} through the ingest "
         "benchmark's producer, to each relay in turn, run after run. '1 core': the relay "
         f"(router and workers included) pinned to CPU {sorted(RELAY_CPUS)}; 'all cores': "

@@ -230,12 +230,13 @@ class ProducerPlan:
     packet_size: int
     packets_per_stream: int
     live_timer_us: int = 0
-    # > 0: session N connects from 127.0.0.(10 + N % hosts), as if from that many traced
-    # hosts (a relay with --workers gives each host to one worker); 0: all from 127.0.0.1.
-    hosts: int = 0
+    # Set: the sessions connect from 127.0.0.(10 + host), as traced host number `host` (a
+    # relay with --workers gives each host to one worker); None: from 127.0.0.1.
+    host: int | None = None
 
-    def source(self, number: int) -> str | None:
-        return f"127.0.0.{10 + number % self.hosts}" if self.hosts else None
+    @property
+    def source(self) -> str | None:
+        return None if self.host is None else f"127.0.0.{10 + self.host}"
 
     @property
     def payload_bytes(self) -> int:
@@ -280,7 +281,7 @@ def run_producer(conn: Connection, plan: ProducerPlan) -> None:
             session = SyntheticSession(plan.control_port, plan.data_port,
                                        plan.session_name(number),
                                        live_timer_us=plan.live_timer_us,
-                                       source=plan.source(number))
+                                       source=plan.source)
             sessions.append(session)
             session.open(plan.streams_per_session)
         conn.send(("ready", [session.session_id for session in sessions]))
