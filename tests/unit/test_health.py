@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from pyrelayd.protocol import relayd
+from pyrelayd.protocol.health import REPLY, REQUEST
 from pyrelayd.server.health import (
-    REPLY,
-    REQUEST,
     Component,
     HealthMonitor,
     tracing_group_id,

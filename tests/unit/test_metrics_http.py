@@ -14,6 +14,7 @@ from pyrelayd.cli import CliError, parse_options
 from pyrelayd.config import DEFAULT_METRICS_PORT, ListenAddress
 from pyrelayd.protocol.http import (
     MAX_HEAD_SIZE,
+    Exchange,
     HttpError,
     Request,
     RequestReader,
@@ -102,6 +103,80 @@ def test_responses_say_their_length_and_whether_the_connection_stays() -> None:
                            keep_alive=False, head_only=True, extra_headers=(("Allow", "GET"),))
     assert head.endswith(b"Content-Length: 3\r\nCache-Control: no-store\r\n"
                          b"Connection: close\r\nAllow: GET\r\n\r\n")
+
+
+def test_a_bad_request_is_refused_with_its_status_and_the_connection_closed() -> None:
+    error = HttpError(http.HTTPStatus.BAD_REQUEST, "bad request line 'x'")
+    assert error.reply == (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 21\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        b"bad request line 'x'\n")
+
+
+# --------------------------------------------------------------------------- exchanges
+
+ROUTES = frozenset({"/metrics", "/healthz"})
+
+
+def _status_and_headers(reply: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("ascii").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_a_method_other_than_get_and_head_is_405_with_allow(method: str) -> None:
+    exchange = Exchange(Request(method, "/metrics", 1, True), ROUTES)
+    assert exchange.refusal is not None
+    status, headers, body = _status_and_headers(exchange.refusal)
+    assert (status, headers["Allow"], body) == (405, "GET, HEAD", b"method not allowed\n")
+    assert headers["Connection"] == "keep-alive" and exchange.keep_alive
+
+
+def test_a_path_without_a_route_is_404() -> None:
+    exchange = Exchange(Request("GET", "/nothing", 1, False), ROUTES)
+    assert exchange.refusal is not None
+    status, headers, body = _status_and_headers(exchange.refusal)
+    assert (status, body, headers["Connection"]) == (404, b"not found\n", "close")
+    assert "Allow" not in headers and not exchange.keep_alive
+
+
+def test_the_method_is_checked_before_the_path() -> None:
+    refusal = Exchange(Request("POST", "/nothing", 1, True), ROUTES).refusal
+    assert refusal is not None and refusal.startswith(b"HTTP/1.1 405 ")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_route_answers_get_and_head(method: str) -> None:
+    exchange = Exchange(Request(method, "/metrics", 1, True), ROUTES)
+    assert exchange.refusal is None
+    reply = exchange.respond(http.HTTPStatus.OK, b"up 1\n", "text/plain; version=0.0.4")
+    status, headers, body = _status_and_headers(reply)
+    assert (status, headers["Content-Type"], headers["Content-Length"]) == (
+        200, "text/plain; version=0.0.4", "5")
+    assert body == (b"" if method == "HEAD" else b"up 1\n")  # HEAD: the head of the GET
+
+
+def test_a_route_that_fails_is_500_framed_for_the_request() -> None:
+    exchange = Exchange(Request("HEAD", "/healthz", 0, False), ROUTES)
+    status, headers, body = _status_and_headers(exchange.failed())
+    assert (status, headers["Content-Length"], body) == (500, "15", b"")
+    assert headers["Connection"] == "close" and not exchange.keep_alive
+
+
+@pytest.mark.parametrize(("head", "keep_alive"), [
+    (b"GET /metrics HTTP/1.1", True),
+    (b"GET /metrics HTTP/1.1\r\nConnection: close", False),
+    (b"GET /metrics HTTP/1.0", False),
+    (b"GET /metrics HTTP/1.0\r\nConnection: keep-alive", True),
+])
+def test_the_connection_stays_open_when_the_client_keeps_it_alive(head: bytes,
+                                                                  keep_alive: bool) -> None:
+    exchange = Exchange(parse_head(head), ROUTES)
+    assert exchange.keep_alive is keep_alive
+    _status, headers, _body = _status_and_headers(exchange.respond(http.HTTPStatus.OK, b"", "x"))
+    assert headers["Connection"] == ("keep-alive" if keep_alive else "close")
 
 
 # --------------------------------------------------------------------------- --metrics-port

@@ -4,6 +4,9 @@ The endpoint answers GET (and HEAD) on a few fixed paths, so requests never have
 one that announces one is refused, as is anything that is not a plain origin-form request.
 `RequestReader` frames requests from bytes (pipelined requests included) and refuses a head
 larger than its limit before it is complete, so a peer can never make it buffer more.
+`Exchange` decides how each request is answered: refused (405 with Allow, 404) or by its
+route, and how the response is framed (no body for HEAD, whether the connection stays open).
+The server only runs the route and writes the bytes.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import dataclasses
 import http
 import re
+from collections.abc import Container
 
 MAX_HEAD_SIZE = 8192
 MAX_HEADERS = 64
 _HEAD_END = b"\r\n\r\n"
 _REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.([01])")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+METHODS = ("GET", "HEAD")  # the methods the endpoint answers; others get 405
+TEXT = "text/plain; charset=utf-8"
 
 
 class HttpError(Exception):
@@ -25,6 +31,11 @@ class HttpError(Exception):
     def __init__(self, status: http.HTTPStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def reply(self) -> bytes:
+        """The response that refuses the request; the connection is closed after it."""
+        return encode_response(self.status, f"{self}\n".encode(), TEXT, keep_alive=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,3 +113,36 @@ def encode_response(status: http.HTTPStatus, body: bytes, content_type: str, *,
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     return head if head_only else head + body
+
+
+class Exchange:
+    """How one request is answered, decided before anything runs.
+
+    `refusal` is the whole response when the request is not for a route (405 with Allow for
+    a method other than GET and HEAD, 404 for a path not in `routes`); None when the route of
+    `request.path` answers: its response is encoded by `respond`, or by `failed` (500) if the
+    route raised. Every response is framed for the request: no body for HEAD, and
+    `Connection: close` unless the client keeps the connection alive. `keep_alive`: whether
+    the connection reads the next request after the response, or is closed.
+    """
+
+    def __init__(self, request: Request, routes: Container[str]) -> None:
+        self.request = request
+        self.keep_alive = request.keep_alive
+        self.refusal: bytes | None = None
+        if request.method not in METHODS:
+            self.refusal = self.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
+                                        b"method not allowed\n", TEXT,
+                                        extra_headers=(("Allow", ", ".join(METHODS)),))
+        elif request.path not in routes:
+            self.refusal = self.respond(http.HTTPStatus.NOT_FOUND, b"not found\n", TEXT)
+
+    def respond(self, status: http.HTTPStatus, body: bytes, content_type: str, *,
+                extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+        return encode_response(status, body, content_type, keep_alive=self.keep_alive,
+                               head_only=self.request.method == "HEAD",
+                               extra_headers=extra_headers)
+
+    def failed(self) -> bytes:
+        """The response when the route raised."""
+        return self.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n", TEXT)

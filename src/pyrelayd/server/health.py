@@ -11,8 +11,9 @@ The bits are lttng-relayd's thread types. pyrelayd runs all of them on one event
   bytes unread on a peer's socket). When neither can be told, every component is. A listener
   that stopped listening (e.g. `ss -K`) marks its component unhealthy for good.
 * `HealthServer` answers on a thread of its own, so that it answers while the loop is stuck.
-  Several clients are served at once; one that stays silent is dropped after a few seconds,
-  one that sends another command is closed without reply.
+  Several clients are served at once; one that stays silent is dropped after a few seconds.
+  What a client sends and gets back (the request, its reply, or a close without reply for
+  another command) is pyrelayd.protocol.health's business: this module moves the bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import os
 import select
 import selectors
 import socket
-import struct
 import sys
 import threading
 import time
@@ -34,11 +34,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
+from pyrelayd.protocol.health import Check, HealthRequestReader, encode_reply
+
 log = logging.getLogger(__name__)
 
-HEALTH_CMD_CHECK = 0
-REQUEST = struct.Struct("=I")  # health_comm_msg: host byte order
-REPLY = struct.Struct("=Q")  # health_comm_reply: bitmask of unhealthy components
 CLIENT_TIMEOUT_S = 5.0  # a client that sends nothing for this long is dropped
 MAX_CLIENTS = 32
 RUN_SUBDIRECTORY = "relayd"  # health sockets (and port files) go to RUNDIR/relayd/
@@ -74,7 +73,7 @@ _COMPONENT_OF_MODULE = {
 _COMPONENT_OF_FUNCTION = {
     ("pyrelayd.server.control", "connection_made"): Component.DISPATCHER,
     ("pyrelayd.server.data", "connection_made"): Component.DISPATCHER,
-    ("pyrelayd.server.live", "_accepted"): Component.LIVE_DISPATCHER,
+    ("pyrelayd.server.live", "adopt"): Component.LIVE_DISPATCHER,
 }
 
 
@@ -268,7 +267,7 @@ class HealthServer:
 
     def _serve(self) -> None:
         assert self._listener is not None
-        clients: dict[socket.socket, tuple[bytearray, float]] = {}
+        clients: dict[socket.socket, tuple[HealthRequestReader, float]] = {}
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_read, selectors.EVENT_READ)
             selector.register(self._listener, selectors.EVENT_READ)
@@ -298,7 +297,7 @@ class HealthServer:
                     sock.close()
 
     def _accept(self, selector: selectors.BaseSelector,
-                clients: dict[socket.socket, tuple[bytearray, float]]) -> None:
+                clients: dict[socket.socket, tuple[HealthRequestReader, float]]) -> None:
         assert self._listener is not None
         while True:
             try:
@@ -314,25 +313,23 @@ class HealthServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            clients[sock] = (bytearray(), time.monotonic() + self.client_timeout)
+            clients[sock] = (HealthRequestReader(), time.monotonic() + self.client_timeout)
             selector.register(sock, selectors.EVENT_READ)
 
-    def _receive(self, sock: socket.socket, request: bytearray) -> bool:
+    def _receive(self, sock: socket.socket, reader: HealthRequestReader) -> bool:
         """Read what the client sent; True once its connection is done with."""
         try:
-            data = sock.recv(REQUEST.size - len(request))
+            data = sock.recv(reader.wanted)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True
-        if not data:
-            return True  # closed before a whole request: no reply, as lttng-relayd
-        request += data
-        if len(request) < REQUEST.size:
+        event = reader.receive(data)
+        if event is None:
             return False
-        (command,) = REQUEST.unpack(request)
-        if command != HEALTH_CMD_CHECK:
-            log.warning("health socket: unknown command %d: closed without reply", command)
+        if not isinstance(event, Check):
+            if event.problem is not None:
+                log.warning("health socket: %s: closed without reply", event.problem)
             return True
         bitmask = self.monitor.bitmask()
         if bitmask:
@@ -341,12 +338,12 @@ class HealthServer:
             log.warning("health check: unhealthy: %s%s", names,
                         f" (event loop stalled for {stalled:.0f} s)" if stalled else "")
         with contextlib.suppress(OSError):
-            sock.send(REPLY.pack(bitmask))  # 8 bytes always fit in an empty socket buffer
+            sock.send(encode_reply(bitmask))  # 8 bytes always fit in an empty socket buffer
         return True
 
     @staticmethod
     def _close(selector: selectors.BaseSelector,
-               clients: dict[socket.socket, tuple[bytearray, float]],
+               clients: dict[socket.socket, tuple[HealthRequestReader, float]],
                sock: socket.socket) -> None:
         selector.unregister(sock)
         del clients[sock]

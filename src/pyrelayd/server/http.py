@@ -5,6 +5,8 @@ at a time (it stops reading meanwhile, so pipelined requests wait in a bounded b
 keeps the connection open between requests when the client asks to. Bounded everywhere: at
 most `max_connections` connections, request heads of at most `MAX_HEAD_SIZE` bytes, and a
 connection idle (or stuck in the middle of a request) for `idle_timeout_s` is closed.
+What each request gets (refused, or answered by its route; framed for HEAD and keep-alive)
+is decided by pyrelayd.protocol.http: this module runs the routes and moves the bytes.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 
 from pyrelayd.config import ListenAddress
-from pyrelayd.protocol.http import HttpError, Request, RequestReader, encode_response
+from pyrelayd.protocol.http import Exchange, HttpError, RequestReader
 
 log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_TIMEOUT_S = 30.0
-_METHODS = ("GET", "HEAD")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,38 +154,32 @@ class HttpConnection(asyncio.Protocol):
             request = self.reader.next_request()
         except HttpError as error:
             log.info("%s: %s", self.name, error)
-            transport.write(encode_response(error.status, f"{error}\n".encode(), TEXT,
-                                            keep_alive=False))
+            transport.write(error.reply)
             transport.close()
             return
         if request is None:
             return
         transport.pause_reading()
-        self.handling = self.loop.create_task(self._answer(request))
+        self.handling = self.loop.create_task(self._answer(Exchange(request,
+                                                                    self.server.routes)))
 
-    async def _answer(self, request: Request) -> None:
-        extra: tuple[tuple[str, str], ...] = ()
-        route = self.server.routes.get(request.path)
-        if request.method not in _METHODS:
-            response = Response(http.HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n")
-            extra = (("Allow", ", ".join(_METHODS)),)
-        elif route is None:
-            response = Response(http.HTTPStatus.NOT_FOUND, b"not found\n")
-        else:
+    async def _answer(self, exchange: Exchange) -> None:
+        reply = exchange.refusal
+        if reply is None:
+            request = exchange.request
             try:
-                response = await route()
+                response = await self.server.routes[request.path]()
             except Exception:
                 log.exception("%s: %s %s failed", self.name, request.method, request.path)
-                response = Response(http.HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n")
+                reply = exchange.failed()
+            else:
+                reply = exchange.respond(response.status, response.body, response.content_type)
         self.handling = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(encode_response(
-            response.status, response.body, response.content_type,
-            keep_alive=request.keep_alive, head_only=request.method == "HEAD",
-            extra_headers=extra))
-        if not request.keep_alive:
+        transport.write(reply)
+        if not exchange.keep_alive:
             transport.close()
             return
         self._arm_idle_timer()
