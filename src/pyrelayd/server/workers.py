@@ -63,6 +63,7 @@ _RESTART_DELAY_S = 1.0
 _STOP_TIMEOUT_S = 10.0
 _VIEWER_READ = 1 << 16
 _MAX_WAITING = 4096
+_PIECE = 256 * 1024
 
 
 class HostTable:
@@ -365,6 +366,10 @@ class Router:
                     route = router.route(request)
                     for index in route.workers:
                         links[index][1].write(route.data)
+                    if len(route.workers) == 1:  # passed on as it comes, never held whole
+                        await self._pass_reply(links[route.workers[0]][0], writer, router,
+                                               route)
+                        continue
                     replies = [await self._reply(links[index][0], router, route)
                                for index in route.workers]
                     writer.write(router.combine(route, replies))
@@ -379,6 +384,23 @@ class Router:
                 writer.close()
             else:
                 sock.close()
+
+    @staticmethod
+    async def _pass_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          router: LiveRouter, route: Route) -> None:
+        """One worker's reply to the viewer, a piece at a time: its header (whose size the
+        layout gives for an empty buffer) says how much follows (GET_PACKET: up to 64 MiB)."""
+        head = await reader.readexactly(router.reply_missing(route, b""))
+        left = router.reply_missing(route, head)
+        writer.write(head)
+        while left > 0:
+            piece = await reader.read(min(left, _PIECE))
+            if not piece:
+                raise asyncio.IncompleteReadError(piece, left)
+            left -= len(piece)
+            writer.write(piece)
+            await writer.drain()
+        await writer.drain()
 
     @staticmethod
     async def _reply(reader: asyncio.StreamReader, router: LiveRouter, route: Route) -> bytes:
