@@ -232,7 +232,8 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _open_session(plan: ProducerPlan, pattern: str) -> SyntheticSession:
-    session = SyntheticSession(plan.control_port, plan.data_port, plan.session_name(0))
+    session = SyntheticSession(plan.control_port, plan.data_port, plan.session_name(0),
+                               source=plan.source)
     if pattern == "consumerd":
         session.minor = CONSUMERD_MINOR
         for sock in (session.control, session.data):

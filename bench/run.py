@@ -72,7 +72,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
             IdleConfig(20, idle_s=0.5, limited_sessions=5, limited_streams=40),
             PatternsConfig(MIB, repeat=1, sessions=4, session_packets_per_stream=2),
             MetricsCostConfig(2 * MIB, repeat=1),
-            ScalingConfig(2 * MIB, packet_sizes=(4096,), repeat=1),
+            ScalingConfig(MIB, packet_sizes=(4096,), patterns=("pipelined",), repeat=1),
         )
     return Sizes(
         IngestConfig(GIB, repeat=5),
@@ -82,7 +82,7 @@ def sizes(smoke: bool, full: bool) -> Sizes:
         IdleConfig(1000, idle_s=5.0),
         PatternsConfig(256 * MIB, repeat=5),
         MetricsCostConfig(GIB, repeat=5),
-        ScalingConfig(512 * MIB, repeat=3),
+        ScalingConfig(256 * MIB, repeat=3),
     )
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from bench.children import ChildProcess
 from bench.ingest import OUTPUTS
+from bench.producers import run_pattern
 from bench.relays import LOAD_CPUS, RELAY_CPUS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import Section, Table, median_by, number, ratio, size_label, spread
-from bench.synthetic import ProducerPlan, ProducerResult, run_producer, verify_output
+from bench.synthetic import ProducerPlan, ProducerResult, verify_output
 from pyrelayd_testkit.processes import CLOCK_TICKS, child_pids
 
 
@@ -75,6 +76,11 @@ def variants(workers: int) -> tuple[Variant, ...]:
 class ScalingConfig:
     total_bytes: int
     packet_sizes: Sequence[int] = (4096, 65536)
+    # bench/producers.py patterns: `pipelined` (the relay gets many packets per read) and
+    # `consumerd` (lttng-consumerd's packet, index, wait for the reply: the relay wakes up
+    # for each message, and the producer costs less than the relay).
+    patterns: Sequence[str] = ("pipelined", "consumerd")
+    hosts: int = HOSTS
     repeat: int = 3
     workers: int = 2
     output: str = "tmpfs"
@@ -104,6 +110,7 @@ class ScalingRun:
 @dataclasses.dataclass(frozen=True)
 class ScalingResult:
     variant: Variant
+    pattern: str
     packet_size: int
     runs: tuple[ScalingRun, ...]
 
@@ -148,26 +155,28 @@ def measured_runs(relay: Relay, producers: Sequence[ChildProcess]
     return total, cpu, shares
 
 
-def _one_run(variant: Variant, size: int, config: ScalingConfig, base: Path, workdir: Path,
-             problems: list[str]) -> ScalingRun:
+def _one_run(variant: Variant, pattern: str, size: int, config: ScalingConfig, base: Path,
+             workdir: Path, problems: list[str]) -> ScalingRun:
     relay = start_relay(variant.kind, base, workdir, extra_args=variant.extra_args,
                         cpus=variant.cpus)
     try:
-        packets = max(1, config.total_bytes // (HOSTS * STREAMS_PER_HOST * size))
-        plans = [ProducerPlan(relay.control_port, relay.data_port, f"scaling-{size}-h{host}", 1,
-                              STREAMS_PER_HOST, size, packets, host=host)
-                 for host in range(HOSTS)]
+        packets = max(1, config.total_bytes // (config.hosts * STREAMS_PER_HOST * size))
+        plans = [ProducerPlan(relay.control_port, relay.data_port,
+                              f"scaling-{pattern}-{size}-h{host}", 1, STREAMS_PER_HOST, size,
+                              packets, host=host)
+                 for host in range(config.hosts)]
         result, cpu, shares = measured_runs(relay, [
-            ChildProcess(run_producer, plan, name=f"producer {host} {variant.name}")
+            ChildProcess(run_pattern, pattern, plan, name=f"producer {host} {variant.name}")
             for host, plan in enumerate(plans)])
         checks = [verify_output(relay.output_dir, plan) for plan in plans]
-        problems += [f"{variant.name} {size_label(size)}: {p}"
+        problems += [f"{variant.name} {pattern} {size_label(size)}: {p}"
                      for check in checks for p in check.problems]
     finally:
         relay.stop()
         shutil.rmtree(base, ignore_errors=True)
     run = ScalingRun(result, cpu, all(check.ok for check in checks), shares)
-    print(f"  scaling {variant.name:32} {size_label(size):>8}: {result.mb_per_s:8.1f} MB/s, "
+    print(f"  scaling {pattern:9} {variant.name:32} {size_label(size):>8}: "
+          f"{result.mb_per_s:8.1f} MB/s, "
           f"{run.cpu_us_per_packet:6.1f} relay CPU us/packet", flush=True)
     return run
 
@@ -175,43 +184,47 @@ def _one_run(variant: Variant, size: int, config: ScalingConfig, base: Path, wor
 def run_scaling(config: ScalingConfig, workdir: Path) -> tuple[Section, list[ScalingResult]]:
     problems: list[str] = []
     chosen = variants(config.workers)
-    runs: dict[tuple[str, int], list[ScalingRun]] = {
-        (v.name, size): [] for size in config.packet_sizes for v in chosen}
+    runs: dict[tuple[str, str, int], list[ScalingRun]] = {
+        (v.name, pattern, size): [] for pattern in config.patterns
+        for size in config.packet_sizes for v in chosen}
     base = Path(tempfile.mkdtemp(prefix="pyrelayd-bench-", dir=OUTPUTS[config.output]))
     try:
         for attempt in range(config.repeat):
-            for size in config.packet_sizes:
-                for number_, variant in enumerate(chosen):
-                    name = f"{attempt}-{size}-{number_}"
-                    runs[(variant.name, size)].append(_one_run(
-                        variant, size, config, base / name, workdir / f"scaling-{name}",
-                        problems))
+            for pattern in config.patterns:
+                for size in config.packet_sizes:
+                    for number_, variant in enumerate(chosen):
+                        name = f"{attempt}-{pattern}-{size}-{number_}"
+                        runs[(variant.name, pattern, size)].append(_one_run(
+                            variant, pattern, size, config, base / name,
+                            workdir / f"scaling-{name}", problems))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     by_name = {v.name: v for v in chosen}
-    results = [ScalingResult(by_name[name], size, tuple(found))
-               for (name, size), found in runs.items()]
+    results = [ScalingResult(by_name[name], pattern, size, tuple(found))
+               for (name, pattern, size), found in runs.items()]
     return _section(config, results, problems), results
 
 
 def _section(config: ScalingConfig, results: list[ScalingResult],
              problems: list[str]) -> Section:
-    table = Table(["relay", "processes, cores", "packet", "MB/s", "relay CPU µs/packet",
+    table = Table(["pattern", "relay", "processes, cores", "packet", "MB/s",
+                   "relay CPU µs/packet",
                    "µs/packet of the runs", "relay CPU s/GiB", "relay cores busy",
                    "CPU share: main process, workers", "verified"])
     for result in results:
         median = result.median
-        table.add(RELAY_NAMES[result.variant.kind], result.variant.mode,
+        table.add(result.pattern, RELAY_NAMES[result.variant.kind], result.variant.mode,
                   size_label(result.packet_size),
                   number(result.median_mb_per_s), number(median.cpu_us_per_packet, 1),
                   spread([run.cpu_us_per_packet for run in result.runs]),
                   number(median.cpu_s_per_gib, 2), number(median.cores_busy, 2),
                   " / ".join(f"{share:.0%}" for share in median.shares),
                   "yes" if all(run.verified for run in result.runs) else "**no**")
-    ratios = Table(["packet", "compared", "MB/s ratio", "CPU/packet ratio"])
+    ratios = Table(["pattern", "packet", "compared", "MB/s ratio", "CPU/packet ratio"])
     workers = config.workers
-    for size in config.packet_sizes:
-        found = {r.variant.name: r for r in results if r.packet_size == size}
+    for pattern, size in [(p, s) for p in config.patterns for s in config.packet_sizes]:
+        found = {r.variant.name: r for r in results
+                 if r.packet_size == size and r.pattern == pattern}
         py, c, split = RELAY_NAMES["py"], RELAY_NAMES["c"], f"--workers {workers}"
         pairs = (
             ("py/C, 1 core (one process each)", f"{py} 1 core", f"{c} 1 core"),
@@ -221,13 +234,14 @@ def _section(config: ScalingConfig, results: list[ScalingResult],
         )
         for label, top, bottom in pairs:
             if top in found and bottom in found:
-                ratios.add(size_label(size), label,
+                ratios.add(pattern, size_label(size), label,
                            ratio(found[top].median_mb_per_s, found[bottom].median_mb_per_s),
                            ratio(found[top].median.cpu_us_per_packet,
                                  found[bottom].median.cpu_us_per_packet))
     description = (
-        f"{HOSTS} traced hosts (one session of {STREAMS_PER_HOST} streams each, connecting "
-        "from its own address, each host a producer process of its own) stream "
+        f"{config.hosts} traced hosts (one session of {STREAMS_PER_HOST} streams each, connecting "
+        "from its own address, each host a producer process of its own, in the "
+        f"{' and '.join(f'`{p}`' for p in config.patterns)} patterns of section 6) stream "
         f"{size_label(config.total_bytes)} per run to {config.output} through the ingest "
         "benchmark's producer, to each relay in turn, run after run. '1 core': the relay "
         f"(router and workers included) pinned to CPU {sorted(RELAY_CPUS)}; 'all cores': "
