@@ -19,7 +19,7 @@ from pyrelayd.model.relay import Relay, RelaySettings, owner_of
 from pyrelayd.protocol import viewer as wire
 from pyrelayd.protocol.liveroute import LiveRouter
 from pyrelayd.server.workers import HostTable
-from pyrelayd_testkit.processes import child_pids, wait_until
+from pyrelayd_testkit.processes import child_pids, status_kib, wait_until
 from tests.unit.lttng_health import LIBLTTNG_CTL, query_relay_health
 from tests.unit.relayd_process import Relay as RelayProcess
 from tests.unit.relayd_process import start_relay
@@ -214,3 +214,58 @@ def test_a_stuck_worker_is_reported_by_the_routers_health_socket(relay: RelayPro
         os.kill(stuck, signal.SIGCONT)
     wait_until(lambda: query_relay_health(relay.health_socket).unhealthy == set(),
                timeout=15, interval=0.1, what="healthy again once it runs")
+
+
+# --- Hostile viewers through the router ------------------------------------------------------
+
+
+def test_hostile_viewers_lose_only_their_own_connection(relay: RelayProcess) -> None:
+    """Through the router: an unknown command gets UNK then the connection closes; bogus ids
+    get the workers' error replies; a viewer that asks for 64 MiB packets and never reads,
+    and one that vanishes mid-request, stall nobody; a good viewer follows all along."""
+    from tests.integration.live_helpers import RawViewer
+
+    async def scenario() -> None:
+        producer = await stream_session(relay, "127.0.0.2", "busy", 8)
+        port = relay.ports["live"]
+        try:
+            with RawViewer(port) as unknown:
+                unknown.connect()
+                unknown.send(wire.CommandHeader(99).encode())
+                assert unknown.read_until_closed() == wire.UNKNOWN_COMMAND_REPLY
+            with RawViewer(port) as bogus:
+                bogus.connect()
+                assert bogus.call(wire.CreateSession(), wire.CreateSessionReply).status \
+                    == wire.CreateSessionStatus.OK
+                for session_id in (0, 3, 2**64 - 1):
+                    reply = bogus.call(wire.AttachSession(session_id), wire.AttachSessionReply)
+                    assert reply.status == wire.AttachStatus.UNK
+                index = bogus.call(wire.GetNextIndex(12345), wire.IndexReply)
+                assert index.status == wire.IndexStatus.ERR
+                refused = bogus.call(wire.GetPacket(2**64 - 1, 0, 4096), wire.PacketReply)
+                assert refused.status == wire.PacketStatus.ERR
+            stuck = RawViewer(port, receive_buffer=4096)
+            stuck.connect()
+            stuck.call(wire.CreateSession(), wire.CreateSessionReply)
+            session_id = next(s.id for s in stuck.call(wire.ListSessions(), wire.SessionList)
+                              .sessions if s.session_name == "busy")
+            streams = stuck.call(wire.AttachSession(session_id, wire.Seek.BEGINNING),
+                                 wire.AttachSessionReply).streams
+            data = next(s for s in streams if not s.is_metadata)
+            request = wire.encode_request(wire.GetPacket(data.id, 0, 64 * 2**20))
+            stuck.send(request * 8)  # 512 MiB asked for, never read
+            gone = RawViewer(port)
+            gone.connect()
+            gone.send(wire.encode_request(wire.ListSessions())[:10])
+            gone.reset()
+            async with LiveClient("127.0.0.1", port, request_timeout=10) as client:
+                got = await asyncio.wait_for(follow(client, session_id, 8), 10)
+                assert got == [packet(i) for i in range(8)]
+            peak = status_kib(relay.pid, "VmHWM")
+            assert peak < 150 * 1024, f"the router held {peak} KiB: replies must stream"
+            stuck.reset()
+        finally:
+            await producer.close()
+
+    asyncio.run(scenario())
+    assert len(child_pids(relay.pid)) == 2, "no worker died"
