@@ -1,10 +1,10 @@
 """TCP ports for peers that cannot be told to take any free port.
 
-pyrelayd and lttng-relayd 2.14+ take port 0 and report the ports they got
-(`--dynamic-port-allocation`, see `pyrelayd_testkit.relays`); lttng-relayd 2.13 and the session
-daemon's agent port cannot, so they get a port claimed here: free on 127.0.0.1 and claimed
-with an O_EXCL file per port, so that concurrent test processes (pytest-xdist workers) never
-get the same one.
+pyrelayd and lttng-relayd 2.14+ (the 2.16 of the chroot) take port 0 and report the ports they
+got in port files (`--dynamic-port-allocation`, `read_port_files`, see
+`pyrelayd_testkit.relays`); lttng-relayd 2.13 and the session daemon's agent port cannot, so
+they get a port claimed here: free on 127.0.0.1 and claimed with an O_EXCL file per port, so
+that concurrent test processes (pytest-xdist workers) never get the same one.
 """
 
 from __future__ import annotations
@@ -143,11 +143,19 @@ def listening_ports_of(pid: int) -> set[int]:
 
 def read_port_files(run_dir: Path) -> dict[str, int] | None:
     """The ports a relay started with `--dynamic-port-allocation` wrote to
-    RUN_DIR/relayd/{control,data,live}.port, or None until all three are there."""
+    RUN_DIR/relayd/{control,data,live}.port, or None until all three are there.
+
+    A file counts once it holds "PORT\\n": pyrelayd, and lttng-relayd for control and data,
+    write it whole (a temporary file renamed), but lttng-relayd's live.port is created first
+    and written after (`utils_create_pid_file`), so it can be seen empty.
+    """
     ports = {}
     for name in ("control", "data", "live"):
         try:
-            ports[name] = int((run_dir / "relayd" / f"{name}.port").read_text())
-        except (FileNotFoundError, ValueError):
+            text = (run_dir / "relayd" / f"{name}.port").read_text()
+        except FileNotFoundError:
             return None
+        if not text.endswith("\n") or not text.strip().isdigit():
+            return None
+        ports[name] = int(text)
     return ports

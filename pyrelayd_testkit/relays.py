@@ -1,11 +1,17 @@
 """The one relay launcher of the tests and benchmarks: pyrelayd or the C lttng-relayd, started
 on 127.0.0.1, measured from /proc, stopped by pid.
 
-Ports are taken without races where the relay allows it: pyrelayd starts with every port 0
-and `--dynamic-port-allocation`, and reports the ports the OS gave it in the port files of a
-private run directory. The C lttng-relayd gets ports claimed by `pyrelayd_testkit.ports`
-(free, and claimed across test processes): 2.13, Debian 12's, has no dynamic port allocation,
-and the 2.16 of the chroot is started the same way.
+Ports are taken without races where the relay allows it: pyrelayd and the C lttng-relayd
+2.16 of the chroot start with every port 0 and `--dynamic-port-allocation` (upstream since
+2.14), and report the ports the OS gave them in the port files of a private run directory,
+LTTNG_RUNDIR/relayd/{control,data,live}.port. That directory is made in the host's temporary
+directory, which the chroot's `Sandbox` binds at the same path, so the host reads the files the
+sandboxed relay writes where it wrote them.
+
+The C lttng-relayd 2.13 of the host (Debian 12's) gets ports claimed by
+`pyrelayd_testkit.ports` instead (free on 127.0.0.1, and claimed across test processes): it has
+no `--dynamic-port-allocation`, so port 0 would mean its default ports 5342/5343/5344, and it
+writes no port files.
 """
 
 from __future__ import annotations
@@ -71,7 +77,8 @@ class Relay:
     sandbox: Sandbox | None = None
     #: Ports claimed for this relay (`pyrelayd_testkit.ports`), released when it stops.
     claimed_ports: list[int] = dataclasses.field(default_factory=list)
-    #: The private run directory of a pyrelayd (port files, health socket), removed at stop.
+    #: The private run directory (LTTNG_RUNDIR: port files, health socket) of a relay started
+    #: with dynamic ports (pyrelayd, lttng-relayd 2.14+), removed at stop.
     run_dir: Path | None = None
 
     @property
@@ -187,6 +194,15 @@ def relay_available(kind: RelayKind) -> str | None:
     return None
 
 
+def has_dynamic_ports(kind: RelayKind, sandbox: Sandbox | None) -> bool:
+    """Whether the relay takes port 0 with `--dynamic-port-allocation` and writes port files:
+    pyrelayd, and the C lttng-relayd from 2.14 on (the 2.16 of a chroot's `sandbox`), not the
+    host's 2.13 (None `sandbox`)."""
+    if kind == "py":
+        return True
+    return sandbox is not None and sandbox.peers.lttng_version >= (2, 14)
+
+
 def _process_setup(cpus: frozenset[int] | None, nofile: int | None) -> Callable[[], None] | None:
     """What the relay process does before exec: run on `cpus`, with `nofile` open files."""
     if not cpus and nofile is None:
@@ -218,8 +234,10 @@ def start_relay(
     pyrelayd always runs on the host. The C relay is that of the peers in use: with the
     `sandbox` of a chroot (LTTng 2.16), the chroot's lttng-relayd runs in that sandbox.
     `cpus` and `nofile` pin the relay to CPUs and set its open-file limit (benchmarks).
-    Returns once the control and data ports listen (pyrelayd: all three); call
-    `Relay.wait_live_port` before using the live port (the live-viewer helpers do).
+    Ports: see the module's docstring (port files of a private LTTNG_RUNDIR, or claimed ports
+    for lttng-relayd 2.13). Returns once the control and data ports listen and every port is
+    known; call `Relay.wait_live_port` before using the live port (the live-viewer helpers
+    do: the C relay writes live.port between bind and listen).
     """
     if sandbox is not None and (kind == "py" or sandbox.peers.is_host):
         sandbox = None
@@ -232,10 +250,13 @@ def start_relay(
     environment = relay_environment(kind, home)
     run_dir: Path | None = None
     claimed: list[int] = []
-    if kind == "py":
-        # Short, so that the health socket path in it stays under the 108-byte limit.
+    if has_dynamic_ports(kind, sandbox):
+        # Short, so that the health socket path in it stays under the 108-byte limit; in the
+        # host's temporary directory, which a sandbox sees at the same path.
         run_dir = Path(tempfile.mkdtemp(prefix="pyrelayd-run-"))
         environment["LTTNG_RUNDIR"] = str(run_dir)
+        # --dynamic-port-allocation first: lttng-relayd decides whether a port 0 of -C/-D/-L
+        # means its default port as it parses that option.
         ports = ["--dynamic-port-allocation", "-C", "tcp://127.0.0.1:0",
                  "-D", "tcp://127.0.0.1:0", "-L", "tcp://127.0.0.1:0"]  # fmt: skip
     else:
@@ -259,7 +280,7 @@ def start_relay(
                 env=environment,
                 preexec_fn=_process_setup(cpus, nofile),
             )
-    control_port, data_port, live_port = claimed or (0, 0, 0)  # pyrelayd: from its port files
+    control_port, data_port, live_port = claimed or (0, 0, 0)  # else from the port files
     relay = Relay(kind, process, control_port, data_port, live_port, output_dir, log_path, argv,
                   sandbox, claimed, run_dir)  # fmt: skip
     try:
@@ -274,7 +295,8 @@ def start_relay(
 
 
 def _wait_port_files(relay: Relay, run_dir: Path, timeout: float) -> None:
-    """Wait for the port files pyrelayd writes once its listeners are bound; take the ports."""
+    """Wait for the port files the relay writes once its listeners are bound (control and
+    data listen by then; lttng-relayd's live port may not yet); take the ports."""
 
     def ports() -> dict[str, int] | None:
         relay.check_running()
