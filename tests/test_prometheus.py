@@ -60,9 +60,10 @@ def prometheus_binary() -> str:
     return require_tool("prometheus", "prometheus")
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[MetricsRelay]:
-    with relay_with_metrics(tmp_path / "relay") as relay:
+@pytest.fixture(params=[1, 2], ids=["one-process", "workers-2"])
+def relay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetricsRelay]:
+    """A relay of one process, and one of a router and two workers (merged metrics)."""
+    with relay_with_metrics(tmp_path / "relay", "--workers", str(request.param)) as relay:
         yield relay
 
 

@@ -512,9 +512,6 @@ def parse_options(
     metrics = (_listener(settings, "metrics", "", DEFAULT_METRICS_PORT)
                if "metrics" in settings.urls else None)
     _check_fd_pool_size(settings.fd_pool_size)
-    if metrics is not None and settings.workers > 1:
-        raise CliError("--metrics-port cannot be used with --workers yet: each worker has its "
-                       "own counters (see docs/scaling.md)")
 
     if settings.output is not None:
         if not settings.output:

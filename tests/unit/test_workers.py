@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,3 +271,54 @@ def test_hostile_viewers_lose_only_their_own_connection(relay: RelayProcess) -> 
 
     asyncio.run(scenario())
     assert len(child_pids(relay.pid)) == 2, "no worker died"
+
+
+# --- Metrics of a relay of several processes -------------------------------------------------
+
+
+def test_metrics_and_status_cover_every_worker(tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    relay = start_relay(tmp_path / "relay", "--workers", "2", "--metrics-port",
+                        "tcp://127.0.0.1:0", "-v")
+    try:
+        found = wait_until(lambda: re.search(r"metrics port (\d+)", relay.log_text()),
+                           timeout=20, what="the metrics port in the log")
+        metrics_port = int(found.group(1))
+
+        def get(path: str) -> bytes:
+            url = f"http://127.0.0.1:{metrics_port}{path}"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                body: bytes = reply.read()
+            return body
+
+        async def scenario() -> dict[str, Any]:
+            producers = [await stream_session(relay, source, f"m{n}", 3 + n)
+                         for n, source in enumerate(("127.0.0.1", "127.0.0.2"))]
+            try:
+                status: dict[str, Any] = json.loads(get("/status"))  # sessions still open
+            finally:
+                for producer in producers:
+                    await producer.close()
+            return status
+
+        status = asyncio.run(scenario())
+        families = {f.name: f for f in text_string_to_metric_families(get("/metrics").decode())}
+        up = {s.labels["worker"]: s.value for s in families["pyrelayd_worker_up"].samples}
+        assert up == {"0": 1.0, "1": 1.0}
+        indexed = [s for s in families["pyrelayd_received_packets"].samples
+                   if s.name.endswith("_total")]
+        by_session = {s.labels["session"]: (s.labels["worker"], s.value) for s in indexed
+                      if s.labels["session"] != "other"}
+        assert {name: value for name, (_, value) in by_session.items()} == {"m0": 3, "m1": 4}
+        assert len({worker for worker, _ in by_session.values()}) == 2, "one per worker"
+        process = families["process_cpu_seconds"].samples
+        assert {s.labels["worker"] for s in process} == {"router", "0", "1"}
+        assert [w["up"] for w in status["workers"]] == [True, True]
+        assert sorted(s["name"] for s in status["sessions"]) == ["m0", "m1"]
+        assert get("/healthz") == b"ok\n"
+    finally:
+        relay.stop()

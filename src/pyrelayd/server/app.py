@@ -185,6 +185,11 @@ class RelayDaemon:
         acceptor = router.listen_live(listeners["live"])
         self.health.add_listener(Component.LIVE_LISTENER, "live", listeners["live"])
         self._close_listener["live"] = acceptor.close
+        if self.options.metrics is not None:
+            from pyrelayd.server.metrics import RouterMetricsEndpoint
+
+            self.metrics = RouterMetricsEndpoint(self, router)
+            self.ports["metrics"] = await self.metrics.start(self.options.metrics)
         self._start_operations()
         log.info("%d workers serving", count)
 
@@ -192,6 +197,11 @@ class RelayDaemon:
         from pyrelayd.server.workers import WorkerChannel
 
         self.live = LiveServer(self.relay, None)
+        if self.options.metrics is not None:  # served by the router, from what we send it
+            from pyrelayd.server.metrics import MetricsEndpoint
+
+            self.metrics = MetricsEndpoint(self)
+            self.metrics.loop_lag.start()
         self._start_operations()
         untracked = open_descriptor_count() + RELAYD_FD_POOL_SIZE_RESERVE
         self.relay.fd_pool.limit = max(1, self.fd_budget - untracked)
@@ -207,6 +217,11 @@ class RelayDaemon:
         except OSError as error:
             os.close(fd)
             log.error("connection from %s: unusable descriptor: %s", peer, error)
+            return
+        if kind == workers.METRICS:
+            task = asyncio.get_running_loop().create_task(self._send_metrics(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         if kind == workers.LIVE:
             assert self.live is not None
@@ -226,6 +241,17 @@ class RelayDaemon:
         task = loop.create_task(connect())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _send_metrics(self, sock: socket.socket) -> None:
+        """This worker's metrics and status, for the router's /metrics and /status."""
+        try:
+            body = b"" if self.metrics is None else await self.metrics.snapshot()
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_sendall(sock, body)
+        except OSError as error:
+            log.warning("cannot send metrics to the router: %s", error)
+        finally:
+            sock.close()
 
     def _bind(self, name: str, address: ListenAddress) -> socket.socket:
         family = socket.AF_INET6 if address.ipv6 else socket.AF_INET

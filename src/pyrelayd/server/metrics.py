@@ -16,6 +16,7 @@ import http
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
@@ -38,11 +40,13 @@ from pyrelayd.model.counters import Lag, viewer_stream_lag
 from pyrelayd.server.control import ControlProtocol
 from pyrelayd.server.data import DataProtocol
 from pyrelayd.server.http import HttpServer, Response
+from pyrelayd.server.workers import METRICS
 
 if TYPE_CHECKING:
     from pyrelayd.model.session import RelaySession
     from pyrelayd.server.app import RelayDaemon
     from pyrelayd.server.live import LiveConnection
+    from pyrelayd.server.workers import Router
 
 log = logging.getLogger(__name__)
 
@@ -388,3 +392,158 @@ class MetricsEndpoint:
             return Response(http.HTTPStatus.SERVICE_UNAVAILABLE,
                             ("\n".join(problems) + "\n").encode())
         return Response(http.HTTPStatus.OK, b"ok\n")
+
+    async def snapshot(self) -> bytes:
+        """/metrics and /status of this relay in one JSON document: what a worker of
+        `--workers` gives its router, which serves them for all (`RouterMetricsEndpoint`)."""
+        await self.filesystem.refresh()
+        return json.dumps({
+            "metrics": generate_latest(self.registry).decode(),
+            "status": status_document(self.daemon, self.started),
+        }).encode()
+
+
+# --------------------------------------------------------------------------- --workers
+
+WORKER_SNAPSHOT_TIMEOUT_S = 5.0
+WORKER_SNAPSHOT_MAX_BYTES = 64 << 20
+
+
+#: What a worker counts of the connections the router opens to it for one viewer (one per
+#: worker and viewer): the router's own figures replace them.
+VIEWER_FAMILIES = frozenset({f"{PREFIX}_viewers_open"})
+LIVE_PORT_FAMILIES = frozenset({f"{PREFIX}_connections_open", f"{PREFIX}_connections_accepted"})
+
+
+class MergedCollector:
+    """Metric families parsed from several expositions, each sample labelled with where it
+    came from (`worker="0"`, ..., `worker="router"`). Viewer connection counts are taken from
+    the router only (`VIEWER_FAMILIES`, the live port of `LIVE_PORT_FAMILIES`)."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, str]] = []  # (worker label, exposition text)
+        self.extra: list[Metric] = []  # families of the merge itself
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for label, text in self.sources:
+            for family in text_string_to_metric_families(text):
+                if label != "router" and family.name in VIEWER_FAMILIES:
+                    continue
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit)
+                for sample in family.samples:
+                    if (label != "router" and family.name in LIVE_PORT_FAMILIES
+                            and sample.labels.get("port") == "live"):
+                        continue
+                    merged.add_sample(sample.name, {**sample.labels, "worker": label},
+                                      sample.value, sample.timestamp)
+        yield from families.values()
+        yield from self.extra
+
+
+class RouterMetricsEndpoint(MetricsEndpoint):
+    """/metrics, /status and /healthz of a relay made of a router and its workers: each
+    worker's metrics with a `worker` label, the router's own (process, event loop) with
+    `worker="router"`, `pyrelayd_worker_up` per worker; /status lists every worker's
+    sessions and viewers, each with its worker."""
+
+    def __init__(self, daemon: RelayDaemon, router: Router) -> None:
+        super().__init__(daemon)
+        self.router = router
+        self.own = CollectorRegistry(auto_describe=False)  # the router's process, its loop,
+        self.own.register(_RouterCollector(router, self.loop_lag))  # its viewer connections
+        ProcessCollector(registry=self.own)
+        PlatformCollector(registry=self.own)
+        self.merged = MergedCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.merged)
+
+    async def _snapshots(self) -> list[dict[str, Any] | None]:
+        return list(await asyncio.gather(*(self._snapshot(worker.index)
+                                           for worker in self.router.workers)))
+
+    async def _snapshot(self, index: int) -> dict[str, Any] | None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.router.workers[index].give(METRICS, "metrics", theirs)
+            reader, writer = await asyncio.open_unix_connection(sock=mine, limit=1 << 20)
+        except OSError as error:
+            mine.close()
+            log.warning("worker %d: no metrics: %s", index, error)
+            return None
+        try:
+            data = await asyncio.wait_for(reader.read(WORKER_SNAPSHOT_MAX_BYTES),
+                                          WORKER_SNAPSHOT_TIMEOUT_S)
+            while data and (more := await asyncio.wait_for(
+                    reader.read(WORKER_SNAPSHOT_MAX_BYTES - len(data)),
+                    WORKER_SNAPSHOT_TIMEOUT_S)):
+                data += more
+            snapshot: dict[str, Any] = json.loads(data)
+            return snapshot
+        except (TimeoutError, OSError, ValueError) as error:
+            log.warning("worker %d: no metrics: %s", index, error or type(error).__name__)
+            return None
+        finally:
+            writer.close()
+
+    async def metrics(self) -> Response:
+        snapshots = await self._snapshots()
+        up = GaugeMetricFamily(f"{PREFIX}_worker_up",
+                               "1 when the worker answered this scrape", labels=["worker"])
+        sources = [("router", generate_latest(self.own).decode())]
+        for index, snapshot in enumerate(snapshots):
+            up.add_metric([str(index)], 0 if snapshot is None else 1)
+            if snapshot is not None:
+                sources.append((str(index), str(snapshot["metrics"])))
+        self.merged.sources = sources
+        self.merged.extra = [up]
+        return Response(http.HTTPStatus.OK, generate_latest(self.registry),
+                        CONTENT_TYPE_PLAIN_0_0_4)
+
+    async def status(self) -> Response:
+        snapshots = await self._snapshots()
+        document: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "ports": dict(self.daemon.ports),
+            "output": str(self.daemon.relay.settings.output_root),
+            "workers": [], "sessions": [], "viewers": [],
+        }
+        for index, snapshot in enumerate(snapshots):
+            status = None if snapshot is None else snapshot["status"]
+            document["workers"].append({"worker": index, "up": status is not None,
+                                        "pid": None if status is None else status["pid"]})
+            if status is not None:
+                document["sessions"] += [{**s, "worker": index} for s in status["sessions"]]
+                document["viewers"] += [{**v, "worker": index} for v in status["viewers"]]
+        return Response(http.HTTPStatus.OK, (json.dumps(document, indent=2) + "\n").encode(),
+                        JSON)
+
+
+
+class _RouterCollector:
+    """The router's own metrics: its event loop and the viewer connections it holds."""
+
+    def __init__(self, router: Router, loop_lag: LoopLagMonitor) -> None:
+        self.router = router
+        self.loop_lag = loop_lag
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(f"{PREFIX}_viewers_open", "Viewer connections open",
+                                value=len(self.router.viewers))
+        opened = GaugeMetricFamily(f"{PREFIX}_connections_open", "Connections open, by port",
+                                   labels=["port"])
+        opened.add_metric(["live"], len(self.router.viewers))
+        accepted = CounterMetricFamily(f"{PREFIX}_connections_accepted",
+                                       "Connections accepted, by port", labels=["port"])
+        accepted.add_metric(["live"], self.router.viewers_accepted)
+        yield from (opened, accepted)
+        yield HistogramMetricFamily(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "How late the event loop ran a timer, sampled every "
+            f"{self.loop_lag.interval_s} s", buckets=self.loop_lag.cumulative_buckets(),
+            sum_value=self.loop_lag.total_s)

@@ -52,6 +52,7 @@ WORKER_ENV = "PYRELAYD_WORKER"
 # What the router sends a worker on their SOCK_SEQPACKET pair: one message per connection, a
 # kind byte and the peer's address, with the connection's descriptor attached.
 CONTROL, DATA, LIVE = b"C", b"D", b"L"
+METRICS = b"M"  # a socket to write this worker's metrics and status to (`--metrics-port`)
 OPTIONS = b"O"  # the first message: the relay's options (pickled: the worker is our child)
 READY = b"R"  # worker to router: serving
 BEAT = b"B"  # worker to router: its event loop turns (sent at each heartbeat)
@@ -180,6 +181,7 @@ class Router:
         self.acceptors: list[Acceptor] = []
         self.viewers: set[asyncio.Task[None]] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # watching dead workers
+        self.viewers_accepted = 0
         self.stopping = False
         self.serving = False  # all workers started once: from then on, a dead one restarts
 
@@ -313,6 +315,7 @@ class Router:
 
     def listen_live(self, listener: socket.socket) -> Acceptor:
         def accepted(sock: socket.socket, address: tuple[str, int]) -> None:
+            self.viewers_accepted += 1
             task = self.loop.create_task(self._viewer(sock, address))
             self.viewers.add(task)
             task.add_done_callback(self.viewers.discard)
@@ -454,7 +457,7 @@ class WorkerChannel:
                 log.info("the router is gone: stopping")
                 self.daemon.stop()
                 return
-            if len(fds) != 1 or message[:1] not in (CONTROL, DATA, LIVE):
+            if len(fds) != 1 or message[:1] not in (CONTROL, DATA, LIVE, METRICS):
                 for fd in fds:
                     os.close(fd)
                 log.error("unexpected message from the router: %r", message[:16])
