@@ -181,7 +181,7 @@ def stream_like_consumerd(session: SyntheticSession, packet_size: int,
 
 async def _one_session(plan: ProducerPlan, number: int) -> None:
     producer = RelaydProducer("127.0.0.1", plan.control_port, plan.data_port,
-                              minor=CONSUMERD_MINOR)
+                              minor=CONSUMERD_MINOR, source=plan.source)
     await producer.connect()
     try:
         await producer.create_session(plan.session_name(number), HOSTNAME)

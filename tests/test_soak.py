@@ -60,17 +60,19 @@ def wrong_bytes(output_dir: Path, plan: ProducerPlan) -> list[str]:
     return problems
 
 
-def pattern_plan(relay: Relay, pattern: str, prefix: str) -> ProducerPlan:
+def pattern_plan(relay: Relay, pattern: str, prefix: str, host: int) -> ProducerPlan:
+    """Each pattern streams from a traced host of its own (with --workers: spread over them)."""
     sessions, per_stream = (SHORT_SESSIONS, 4) if pattern == "sessions" else (1, PACKETS_PER_STREAM)
     return ProducerPlan(relay.control_port, relay.data_port, prefix, sessions, STREAMS,
-                        PACKET_SIZE, per_stream)
+                        PACKET_SIZE, per_stream, host=host)
 
 
 def soak_round(relay: Relay, number: int) -> list[str]:
     """One round; returns what went wrong."""
     live_plan = ProducerPlan(relay.control_port, relay.data_port, f"live{number}", LIVE_SESSIONS,
-                             STREAMS, PACKET_SIZE, PACKETS_PER_STREAM, LIVE_TIMER_US)
-    plans = {pattern: pattern_plan(relay, pattern, f"{pattern}{number}") for pattern in PATTERNS}
+                             STREAMS, PACKET_SIZE, PACKETS_PER_STREAM, LIVE_TIMER_US, host=0)
+    plans = {pattern: pattern_plan(relay, pattern, f"{pattern}{number}", host)
+             for host, pattern in enumerate(PATTERNS, start=1)}
     live = ChildProcess(run_producer, live_plan, name="live producer")
     producers = {pattern: ChildProcess(run_pattern, pattern, plan, name=f"{pattern} producer")
                  for pattern, plan in plans.items()}
@@ -109,8 +111,10 @@ def soak_round(relay: Relay, number: int) -> list[str]:
     return problems
 
 
-def test_every_pattern_with_live_viewers_for_minutes(tmp_path: Path) -> None:
-    relay = start_relay("py", tmp_path / "relay")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_pattern_with_live_viewers_for_minutes(tmp_path: Path, workers: int) -> None:
+    """`workers`: one process, or a router and two workers (viewers through the router)."""
+    relay = start_relay("py", tmp_path / "relay", ["--workers", str(workers)])
     try:
         relay.wait_live_port()
         deadline = time.monotonic() + SOAK_SECONDS
