@@ -322,3 +322,30 @@ def test_metrics_and_status_cover_every_worker(tmp_path: Path) -> None:
         assert get("/healthz") == b"ok\n"
     finally:
         relay.stop()
+
+
+def test_a_storm_of_connections_reaches_the_workers(relay: RelayProcess) -> None:
+    """More connections at once than a worker's end of the pair queues (10 messages by
+    default): the router keeps the rest and passes them as the worker takes them, without
+    blocking; every one gets its VERSION reply."""
+    import socket as socket_module
+
+    from pyrelayd.protocol import relayd
+
+    count = 300
+    sockets = [socket_module.create_connection(("127.0.0.1", relay.ports["control"]), timeout=30)
+               for _ in range(count)]
+    try:
+        request = relayd.encode_request(relayd.Command.VERSION, relayd.Version(2, 13).encode())
+        for sock in sockets:
+            sock.sendall(request)
+        for sock in sockets:
+            reply = b""
+            while len(reply) < 8:
+                chunk = sock.recv(8 - len(reply))
+                assert chunk, "closed without a VERSION reply"
+                reply += chunk
+            assert struct.unpack(">II", reply) == (2, 15)
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -59,7 +59,6 @@ BEAT = b"B"  # worker to router: its event loop turns (sent at each heartbeat)
 _MESSAGE_MAX = 1 << 16
 
 _READY_TIMEOUT_S = 60.0
-_SEND_TIMEOUT_S = 2.0  # a worker too busy to take a connection this long loses it
 _RESTART_DELAY_S = 1.0
 _STOP_TIMEOUT_S = 10.0
 _VIEWER_READ = 1 << 16
@@ -106,11 +105,15 @@ class WorkerProcess:
         self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: socket.socket | None = None
-        self.ready = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.ready = self.loop.create_future()
         self.started_at = 0.0
         self.last_beat = 0.0
-        # Connections that came while the worker was starting (again): passed once it is ready.
-        self.waiting: list[tuple[bytes, str, socket.socket]] = []
+        # Connections not passed yet: the worker is starting (again), or its end of the pair
+        # is full (a unix datagram queue holds net.unix.max_dgram_qlen messages, 10 by
+        # default): passed as soon as it is ready and can take them, in order.
+        self.waiting: collections.deque[tuple[bytes, str, socket.socket]] = collections.deque()
+        self.flushing = False  # waiting for the channel to be writable
 
     def spawn(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -129,33 +132,47 @@ class WorkerProcess:
             theirs.close()
         self.started_at = time.monotonic()
         mine.sendall(OPTIONS + pickle.dumps(self.options))
-        mine.settimeout(_SEND_TIMEOUT_S)
+        mine.setblocking(False)
         self.channel = mine
 
     def give(self, kind: bytes, peer: str, sock: socket.socket) -> None:
-        """Pass `sock` to the worker, or keep it until the worker is ready; `sock` is ours
-        to close either way. Raises OSError when the worker cannot take it."""
-        if self.channel is None or not self.ready.done():
-            if len(self.waiting) >= _MAX_WAITING:
-                sock.close()
-                raise OSError(f"worker {self.index} is starting and {_MAX_WAITING} "
-                              "connections already wait for it")
-            self.waiting.append((kind, peer, sock))
-            return
-        try:
-            socket.send_fds(self.channel, [kind + peer.encode()], [sock.fileno()])
-        finally:
+        """Pass `sock` to the worker now or as soon as it can take it (never blocking the
+        router); `sock` is ours to close either way. Raises OSError when too many wait."""
+        if len(self.waiting) >= _MAX_WAITING:
             sock.close()
+            raise OSError(f"{_MAX_WAITING} connections already wait for worker {self.index}")
+        self.waiting.append((kind, peer, sock))
+        self.flush()
 
     def flush(self) -> None:
-        """The worker is ready: pass it what waited."""
-        waiting, self.waiting = self.waiting, []
-        for kind, peer, sock in waiting:
+        """Pass what waits, in order, while the worker is ready and its channel takes it."""
+        if self.channel is None or not self.ready.done() or self.ready.cancelled() \
+                or self.ready.exception() is not None:
+            return
+        while self.waiting:
+            kind, peer, sock = self.waiting[0]
             try:
-                self.give(kind, peer, sock)
+                socket.send_fds(self.channel, [kind + peer.encode()], [sock.fileno()])
+            except (BlockingIOError, InterruptedError):
+                if not self.flushing:
+                    self.loop.add_writer(self.channel.fileno(), self._writable)
+                    self.flushing = True
+                return
             except OSError as error:
                 log.error("connection from %s: cannot pass it to worker %d: %s; closed",
                           peer, self.index, error)
+            self.waiting.popleft()
+            sock.close()
+        self._stop_flushing()
+
+    def _writable(self) -> None:
+        self.flush()
+
+    def _stop_flushing(self) -> None:
+        if self.flushing and self.channel is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_writer(self.channel.fileno())
+        self.flushing = False
 
     def drop_waiting(self) -> None:
         for _kind, _peer, sock in self.waiting:
@@ -163,6 +180,7 @@ class WorkerProcess:
         self.waiting.clear()
 
     def close(self) -> None:
+        self._stop_flushing()
         if self.channel is not None:
             with contextlib.suppress(OSError):
                 self.channel.close()
@@ -208,7 +226,7 @@ class Router:
         assert worker.channel is not None
         try:
             message = worker.channel.recv(_MESSAGE_MAX)
-        except (BlockingIOError, InterruptedError, TimeoutError):
+        except (BlockingIOError, InterruptedError):
             return
         except OSError:
             message = b""
