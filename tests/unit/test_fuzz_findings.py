@@ -87,3 +87,44 @@ def test_a_stream_announcing_2_64_tracefiles_is_added(handler: ControlHandler) -
     outcome = handler.handle(Command.ADD_STREAM, request.encode(13))
     assert outcome.reply is not None
     assert struct.unpack(">QI", outcome.reply)[1] == ReturnCode.OK
+
+
+def test_a_first_trace_chunk_created_in_a_year_no_clock_can_show_is_refused(
+    handler: ControlHandler,
+) -> None:
+    """Chunk 0 is named only when it closes: its creation time used to be checked then, out
+    of the handler (UnsafeNameError on CLOSE_TRACE_CHUNK; fuzzers, 2026-12-02)."""
+    create_session(handler)
+    outcome = handler.handle(Command.CREATE_TRACE_CHUNK,
+                             CreateTraceChunk(0, 2**64 - 225).encode())
+    assert outcome.reply == generic_reply(ReturnCode.INVALID)
+    outcome = handler.handle(Command.CLOSE_TRACE_CHUNK,
+                             CloseTraceChunk(0, 1_700_000_100, None).encode())
+    assert outcome.reply == close_trace_chunk_reply(26, None), "no such chunk (lttng: NOMEM)"
+
+
+def test_4_gib_of_padding_announced_in_a_few_bytes_costs_nothing(
+    handler: ControlHandler, tmp_path: Path,
+) -> None:
+    """A SEND_METADATA of 9 bytes announcing 4 GiB - 1 of padding (any u32 is accepted, as
+    lttng-relayd does): the file reads the same, but the padding is a hole, not 4 GiB
+    written (the fuzzers filled a machine's memory with it on /dev/shm, 2026-12-02)."""
+    from pyrelayd.protocol.relayd import CONTROL_HEADER, ControlFramer, decode_status_reply
+
+    create_chunk_0(handler)
+    reply = handler.handle(Command.ADD_STREAM, AddStream("metadata", "ust", 0, 0).encode(13))
+    assert reply.reply is not None
+    stream_handle = decode_status_reply(reply.reply)[0]
+    text = b"/* CTF */"
+    payload = struct.pack(">QI", stream_handle, 2**32 - 1) + text
+    framer = ControlFramer()
+    for event in framer.feed(CONTROL_HEADER.pack(0, len(payload), Command.SEND_METADATA, 0)
+                             + payload):
+        handler.receive(event)
+    [metadata] = [p for p in tmp_path.rglob("metadata") if p.is_file()]
+    assert metadata.stat().st_size == len(text) + 2**32 - 1
+    assert metadata.stat().st_blocks * 512 < 1 << 20, "the padding took disk space"
+    with metadata.open("rb") as file:
+        assert file.read(len(text)) == text
+        file.seek(3 << 30)
+        assert file.read(4096) == bytes(4096)

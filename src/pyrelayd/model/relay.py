@@ -225,6 +225,8 @@ class Relay:
                            override_name: str | None) -> None:
         if override_name is not None:
             paths.check_chunk_name(override_name)
+        # It names the chunk, now or when it closes (chunk 0): refuse it before anything moves.
+        paths.iso8601_str(creation_time)
         session.ongoing_rotation = True
         current = session.current_chunk
         if current is not None and not current.name_overridden:

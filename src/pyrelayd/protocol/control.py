@@ -412,7 +412,7 @@ class ControlHandler:
         except RelayError as error:
             log.warning("%s: CLOSE_TRACE_CHUNK refused: %s", self.name, error)
             return Outcome(wire.close_trace_chunk_reply(error.code, None), True)
-        except (ChunkError, OSError) as error:
+        except (ChunkError, OSError, UnsafeNameError) as error:
             log.error("%s: CLOSE_TRACE_CHUNK failed: %s", self.name, error)
             return Outcome(wire.close_trace_chunk_reply(ReturnCode.UNK, None), True,
                            error_kind(error))

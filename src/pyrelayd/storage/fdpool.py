@@ -125,6 +125,8 @@ class _Batch:
 # Deferred writes of one file leave in one pwritev of at most this many buffers / bytes.
 _MAX_PENDING_BUFFERS = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024)
 _MAX_PENDING_BYTES = 4 << 20
+# Padding longer than this is left as a hole in the file (see `PooledFile.write_zeros`).
+SPARSE_PADDING = 1 << 20
 
 
 class PooledFile:
@@ -228,6 +230,16 @@ class PooledFile:
             self._write_at_end(fd, memoryview(b"".join(pending))[written:])
 
     def write_zeros(self, count: int) -> None:
+        """`count` zero bytes at the end (a packet's padding). Beyond `SPARSE_PADDING` they
+        are a hole (the file is extended, nothing is written): what the file reads is the
+        same, but a peer announcing 4 GiB of padding in a 45-byte request costs no disk,
+        memory or time (lttng-relayd writes them, after allocating them)."""
+        if count > SPARSE_PADDING:
+            self.flush()
+            fd = self.fileno()
+            os.ftruncate(fd, self.size + count)
+            self.size += count
+            return
         while count > 0:
             chunk = min(count, len(files.ZEROS))
             self.append(memoryview(files.ZEROS)[:chunk])
