@@ -10,12 +10,24 @@ input saved as `crash-*`; `-rss_limit_mb` and `-timeout` catch unbounded allocat
 
 from __future__ import annotations
 
+import resource
+import signal
 import sys
 from pathlib import Path
 
 import atheris  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# A peer's padding sizes are u32s the relay writes out as zeros (as lttng-relayd does): one
+# 45-byte SEND_METADATA writes 4 GiB. The handler targets write into /dev/shm, where file
+# bytes are memory, so a few such requests exhausted the machine's RAM (the kernel's OOM
+# killer, not -rss_limit_mb, stopped the run). Files stop at 16 MiB here: beyond, a write
+# fails with EFBIG, which the relay handles as it does a full disk (-handle_xfsz=0 keeps
+# libFuzzer from calling that a crash).
+FILE_SIZE_LIMIT = 16 << 20
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
 with atheris.instrument_imports(include=["pyrelayd"]):
     import targets
@@ -40,7 +52,7 @@ def main() -> None:
         sys.exit(f"usage: {sys.argv[0]} TARGET [libFuzzer args]; targets: "
                  + ", ".join(targets.TARGETS))
     target = targets.TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Setup([sys.argv[0], "-handle_xfsz=0", *sys.argv[2:]], target)
     atheris.Fuzz()
 
 

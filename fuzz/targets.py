@@ -12,8 +12,10 @@ Run with atheris (coverage-guided) through `fuzz/run.py TARGET`; `scripts/fuzz` 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import struct
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -128,14 +130,105 @@ def uri(data: bytes) -> None:
         return
 
 
+#: At most this many pieces per input, the last holding the rest: where the first cuts fall is
+#: the input's to say, but a long input is not fed tens of bytes at a time from end to end
+#: (each feed costs the instrumented framer more than the bytes it carries).
+MAX_PIECES = 32
+
+
 def _chunks(data: bytes) -> list[bytes]:
-    """`data` cut where its own bytes say (so the fuzzer explores every split)."""
-    pieces, position = [], 0
+    """`data` cut where its own bytes say (so the fuzzer explores every split): a size byte
+    (1 + byte % 64), then that many bytes; at most MAX_PIECES pieces."""
+    pieces: list[bytes] = []
+    position = 0
     while position < len(data):
+        if len(pieces) == MAX_PIECES - 1:
+            pieces.append(data[position:])
+            break
         size = 1 + data[position] % 64
         pieces.append(data[position + 1 : position + 1 + size])
         position += 1 + size
     return pieces
+
+
+def _cut(stream: bytes, sizes: bytes) -> list[bytes]:
+    """`stream` (made from the input) cut into pieces of 1 + byte % 64 bytes for each byte of
+    `sizes` (the input's) in turn, at most MAX_PIECES pieces: every byte of `stream` is fed,
+    in order."""
+    pieces: list[bytes] = []
+    position = 0
+    for size in sizes[: MAX_PIECES - 1]:
+        if position >= len(stream):
+            break
+        pieces.append(stream[position : position + 1 + size % 64])
+        position += 1 + size % 64
+    if position < len(stream):
+        pieces.append(stream[position:])
+    return pieces
+
+
+class _Scratch:
+    """Scratch directories for relays, in memory when the machine has /dev/shm (the handlers
+    create directories and files for most inputs): pyrelayd-fuzz/PID. libFuzzer ends a run
+    without Python's atexit, so each run removes what runs that have ended left there."""
+
+    base: Path | None = None
+    moved = 0
+    used = 0  # bytes in use on the scratch file system after the last deletion
+
+    @classmethod
+    def directory(cls) -> Path:
+        if cls.base is None:
+            parent = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+            parent /= "pyrelayd-fuzz"
+            parent.mkdir(exist_ok=True)
+            for old in parent.iterdir():
+                if not old.name.isdigit() or not _running(int(old.name)):
+                    shutil.rmtree(old, ignore_errors=True)
+            cls.base = parent / str(os.getpid())
+            shutil.rmtree(cls.base, ignore_errors=True)
+            (cls.base / "trash").mkdir(parents=True)
+        return cls.base
+
+    @classmethod
+    def fresh(cls) -> Path:
+        """An empty output directory, the same path for every input: what an input's relay
+        wrote is moved away before the next input runs (and deleted a few thousand inputs at
+        a time), so each input starts from the same state: a crash reproduces from its input
+        alone."""
+        base = cls.directory()
+        output, trash = base / "output", base / "trash"
+        try:
+            os.rename(output, trash / str(cls.moved))
+        except FileNotFoundError:
+            return output  # the last input wrote nothing
+        cls.moved += 1
+        if cls.moved % 2000 == 0 or _used(base) > cls.used + (256 << 20):
+            subprocess.run(["rm", "-rf", "--", str(trash)], check=True)
+            trash.mkdir()
+            cls.used = _used(base)
+        return output
+
+
+def _used(path: Path) -> int:
+    """Bytes in use on the file system of `path` (in /dev/shm, memory)."""
+    stat = os.statvfs(path)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fresh_relay() -> Relay:
+    """A relay with no sessions, writing into an empty scratch directory."""
+    return Relay(RelaySettings(output_root=_Scratch.fresh()))
 
 
 def control_framing(data: bytes) -> None:
@@ -170,27 +263,13 @@ def recording(data: bytes) -> None:
         return
 
 
-class _ControlSession:
-    """One relay (in a scratch directory) shared by the inputs of `control_handler`."""
-
-    relay: Relay | None = None
-    root: Path | None = None
-
-    @classmethod
-    def get(cls) -> Relay:
-        if cls.relay is None:
-            cls.root = Path(tempfile.mkdtemp(prefix="pyrelayd-fuzz-"))
-            cls.relay = Relay(RelaySettings(output_root=cls.root))
-        return cls.relay
-
-
 def control_handler(data: bytes) -> None:
     """A control connection: VERSION, then requests whose command and payload the input
     gives, handled by the real handler on a real relay (writing under a scratch directory).
 
     The handler must answer or close for every input: no exception may escape it.
     """
-    relay = _ControlSession.get()
+    relay = _fresh_relay()
     handler = ControlHandler(relay, "fuzz")
     minor = _pick(data, 0, RELAYD_MINORS)
     handler.handle(relayd.Command.VERSION, relayd.Version(2, minor).encode())
@@ -261,8 +340,7 @@ class _LiveSession:
     @classmethod
     def get(cls) -> Relay:
         if cls.relay is None:
-            root = Path(tempfile.mkdtemp(prefix="pyrelayd-fuzz-"))
-            relay = Relay(RelaySettings(output_root=root))
+            relay = Relay(RelaySettings(output_root=_Scratch.directory() / "live"))
             session = relay.create_session(SessionInfo(
                 session_name="fuzz", hostname="fuzz", base_path="", live_timer=1_000_000,
                 snapshot=False, sessiond_uuid=bytes(16), sessiond_session_id=1,
@@ -317,7 +395,7 @@ def live_handler(data: bytes) -> None:
         raw, position = _live_request(data, position)
         stream += raw
     try:
-        for piece in _chunks(bytes(data[:1]) + bytes(stream)):
+        for piece in _cut(bytes(stream), data):
             framer.feed(piece)
             while (request := framer.next_request()) is not None:
                 for output in handler.handle(request):
@@ -387,7 +465,7 @@ def control_connection(data: bytes) -> None:
     """A control connection's raw bytes (VERSION included, cut where the input says), framed
     and handled as the relay does, on a real relay: no exception may escape, and the
     connection stops at the first outcome that closes it."""
-    relay = _ControlSession.get()
+    relay = _fresh_relay()
     framer = relayd.ControlFramer()
     handler = ControlHandler(relay, "fuzz")
     try:
@@ -401,34 +479,14 @@ def control_connection(data: bytes) -> None:
         handler.connection_lost()
 
 
-class _DataSession:
-    """A relay whose sessions the inputs of `data_connection` create (one each), in a
-    scratch directory started over every few hundred inputs."""
-
-    relay: Relay | None = None
-    root: Path | None = None
-    inputs = 0
-
-    @classmethod
-    def get(cls) -> Relay:
-        cls.inputs += 1
-        if cls.relay is None or cls.inputs % 500 == 0:
-            if cls.root is not None:
-                shutil.rmtree(cls.root, ignore_errors=True)
-            scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None  # mkdir-heavy
-            cls.root = Path(tempfile.mkdtemp(prefix="pyrelayd-fuzz-data-", dir=scratch))
-            cls.relay = Relay(RelaySettings(output_root=cls.root))
-        return cls.relay
-
-
 def _open_session(relay: Relay, minor: int) -> tuple[ControlHandler, list[int]]:
     """A control connection with a session, chunk 0 and three streams (the last metadata)."""
     control = ControlHandler(relay, "fuzz control")
     command = relayd.Command
     control.handle(command.VERSION, relayd.Version(2, minor).encode())
     control.handle(command.CREATE_SESSION, relayd.CreateSession(
-        f"s{_DataSession.inputs}", "h", sessiond_uuid=bytes(range(16)),
-        sessiond_session_id=_DataSession.inputs, creation_time=1_700_000_000).encode(minor))
+        "s", "h", sessiond_uuid=bytes(range(16)), sessiond_session_id=1,
+        creation_time=1_700_000_000).encode(minor))
     if minor >= 11:
         control.handle(command.CREATE_TRACE_CHUNK,
                        relayd.CreateTraceChunk(0, 1_700_000_000).encode())
@@ -469,14 +527,15 @@ def data_connection(data: bytes) -> None:
     StreamError may stop it, and losing both connections releases the session."""
     if not data:
         return
-    relay = _DataSession.get()
+    relay = _fresh_relay()
     control, handles = _open_session(relay, _pick(data, 0, (4, 11, 13, 15)))
     framer = relayd.DataFramer()
     handler = DataHandler(relay, "fuzz data")
     failed = False
     try:
         stream = _data_stream(data, handles)
-        read_size = 1 + data[0] * 29 % 1024  # the size of every read but the last
+        # The size of every read but the last: from the input, but at most MAX_PIECES reads.
+        read_size = max(1 + data[0] * 29 % 1024, -(-len(stream) // MAX_PIECES))
         with relay.fd_pool.batch():
             for start in range(0, len(stream), read_size):
                 for packet in framer.feed(stream[start : start + read_size]):
