@@ -126,6 +126,23 @@ def viewer_seeds(seeds: dict[str, list[bytes]]) -> None:
         (viewer.CreateSessionReply(viewer.CreateSessionStatus.OK), 15),
         (viewer.DetachSessionReply(viewer.DetachStatus.OK), 15),
     ]
+    # The --workers router: requests, then each worker's reply to each (LIST_SESSIONS: two).
+    for workers in (1, 2):
+        stream_data = b"".join(viewer.encode_request(r) for r in (
+            viewer.Connect(minor=15), viewer.CreateSession(), viewer.ListSessions(),
+            viewer.AttachSession(1, viewer.Seek.BEGINNING), viewer.GetNextIndex(3),
+            viewer.GetPacket(3, 0, 32)))
+        answers = [viewer.Connect(1, 2, 15, 0).encode()] * workers
+        answers += [viewer.CreateSessionReply(viewer.CreateSessionStatus.OK).encode()] * workers
+        answers += [viewer.SessionList(sessions[n % 2 : n % 2 + 1]).encode(15)
+                    for n in range(workers)]
+        answers += [
+            viewer.AttachSessionReply(viewer.AttachStatus.OK, (metadata, stream)).encode(),
+            viewer.IndexReply(viewer.IndexStatus.OK, viewer.NO_FLAGS, 0, 256, 256, 1, 2).encode(),
+            viewer.PacketReply(viewer.PacketStatus.OK, bytes(32)).encode(),
+        ]
+        seeds["live_router"].append(bytes([workers - 1]) + stream_data.ljust(2047, b"\0")
+                                    + b"".join(answers))
     for reply, minor in replies:
         kind = type(reply)
         index = targets._VIEWER_REPLIES.index(kind)

@@ -30,6 +30,7 @@ from pyrelayd.protocol import relayd, viewer
 from pyrelayd.protocol.data import DataHandler
 from pyrelayd.protocol.index import IndexFormatError, read_index_file
 from pyrelayd.protocol.live import LiveFramer, LiveHandler, PacketRange, ViewerRefused
+from pyrelayd.protocol.liveroute import LiveRouter
 from pyrelayd.protocol.uri import UriError, parse_uri
 from pyrelayd.server.control import ControlHandler
 
@@ -551,6 +552,51 @@ def data_connection(data: bytes) -> None:
     assert not relay.sessions, "the session outlived both its connections"
 
 
+def live_router(data: bytes) -> None:
+    """`LiveRouter` (the `--workers` router's viewer side): requests framed from the input go
+    to 1-4 workers, whose replies are cut from the rest of the input. Routing never fails;
+    framing a reply and combining them only refuse with `ProtocolError`; a reply from one
+    worker is passed on unchanged; a merged session list counts every worker's sessions."""
+    if not data:
+        return
+    router = LiveRouter(1 + data[0] % 4)
+    framer = LiveFramer()
+    framer.feed(data[1:2048])
+    replies = memoryview(data)[2048:]
+    while True:
+        try:
+            request = framer.next_request()
+        except viewer.ProtocolError:
+            return
+        if request is None:
+            return
+        route = router.route(request)
+        assert route.workers and all(0 <= w < router.worker_count for w in route.workers)
+        assert viewer.decode_request(request.COMMAND, route.data[16:]) == request
+        answers: list[bytes] = []
+        for _worker in route.workers:
+            reply = b""
+            try:
+                while (missing := router.reply_missing(route, reply)) > 0:
+                    if missing > len(replies):
+                        return  # the workers' replies end here
+                    reply += bytes(replies[:missing])
+                    replies = replies[missing:]
+            except viewer.ProtocolError:
+                return
+            answers.append(reply)
+        try:
+            combined = router.combine(route, answers)
+        except viewer.ProtocolError:
+            continue
+        if len(route.workers) == 1:
+            assert combined == answers[0]
+        elif isinstance(request, viewer.ListSessions):
+            counts = [struct.unpack_from(">I", a)[0] for a in answers]
+            assert struct.unpack_from(">I", combined)[0] == sum(counts)
+            assert len(combined) == 4 + sum(len(a) - 4 for a in answers)
+
+
 TARGETS: dict[str, Target] = {
     "relayd_request": relayd_request,
     "viewer_request": viewer_request,
@@ -567,6 +613,7 @@ TARGETS: dict[str, Target] = {
     "relayd_data_framer": relayd_data_framer,
     "control_connection": control_connection,
     "data_connection": data_connection,
+    "live_router": live_router,
 }
 
 # The handler logs every refusal; a fuzzer feeds millions.
