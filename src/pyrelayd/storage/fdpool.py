@@ -233,7 +233,7 @@ class PooledFile:
         """`count` zero bytes at the end (a packet's padding). Beyond `SPARSE_PADDING` they
         are a hole (the file is extended, nothing is written): what the file reads is the
         same, but a peer announcing 4 GiB of padding in a 45-byte request costs no disk,
-        memory or time (lttng-relayd writes them, after allocating them)."""
+        memory or time (lttng-relayd's `stream_write` writes them all)."""
         if count > SPARSE_PADDING:
             self.flush()
             fd = self.fileno()
