@@ -161,6 +161,13 @@ def _session_viewers_lag(connection: LiveConnection) -> dict[int, Lag]:
     return lags
 
 
+def _loop_lag_family(loop_lag: LoopLagMonitor) -> Metric:
+    return HistogramMetricFamily(
+        f"{PREFIX}_event_loop_lag_seconds",
+        f"How late the event loop ran a timer, sampled every {loop_lag.interval_s} s",
+        buckets=loop_lag.cumulative_buckets(), sum_value=loop_lag.total_s)
+
+
 class RelayCollector:
     """The relay's metrics, read from the model at each scrape."""
 
@@ -185,11 +192,7 @@ class RelayCollector:
         yield errors
         yield from self._fd_pool()
         yield from self._filesystem()
-        yield HistogramMetricFamily(
-            f"{PREFIX}_event_loop_lag_seconds",
-            "How late the event loop ran a timer, sampled every "
-            f"{self.loop_lag.interval_s} s", buckets=self.loop_lag.cumulative_buckets(),
-            sum_value=self.loop_lag.total_s)
+        yield _loop_lag_family(self.loop_lag)
 
     def _info(self) -> Metric:
         info = GaugeMetricFamily(f"{PREFIX}_info", "pyrelayd version", labels=["version"])
@@ -344,6 +347,10 @@ def status_document(daemon: RelayDaemon, started: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the endpoint
 
 
+def _json_response(document: dict[str, Any]) -> Response:
+    return Response(http.HTTPStatus.OK, (json.dumps(document, indent=2) + "\n").encode(), JSON)
+
+
 class MetricsEndpoint:
     """The HTTP server of /metrics, /status and /healthz for one relay daemon."""
 
@@ -353,15 +360,19 @@ class MetricsEndpoint:
         loop = asyncio.get_running_loop()
         self.loop_lag = LoopLagMonitor(loop)
         self.filesystem = FilesystemProbe(daemon.relay.settings.output_root)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RelayCollector(daemon, self.loop_lag, self.filesystem))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.registry = self._registry()
         self.http = HttpServer("metrics", {
             "/metrics": self.metrics,
             "/status": self.status,
             "/healthz": self.healthz,
         }, on_open=daemon.relay.fd_pool.hold, on_close=daemon.relay.fd_pool.unhold)
+
+    def _registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RelayCollector(self.daemon, self.loop_lag, self.filesystem))
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        return registry
 
     async def start(self, address: ListenAddress) -> int:
         port = await self.http.start(address)
@@ -378,9 +389,7 @@ class MetricsEndpoint:
                         CONTENT_TYPE_PLAIN_0_0_4)
 
     async def status(self) -> Response:
-        document = status_document(self.daemon, self.started)
-        return Response(http.HTTPStatus.OK, (json.dumps(document, indent=2) + "\n").encode(),
-                        JSON)
+        return _json_response(status_document(self.daemon, self.started))
 
     async def healthz(self) -> Response:
         """503 while the loop lags or right after it stalled, or when the health socket would
@@ -451,15 +460,18 @@ class RouterMetricsEndpoint(MetricsEndpoint):
     sessions and viewers, each with its worker."""
 
     def __init__(self, daemon: RelayDaemon, router: Router) -> None:
-        super().__init__(daemon)
         self.router = router
+        self.merged = MergedCollector()
+        super().__init__(daemon)
         self.own = CollectorRegistry(auto_describe=False)  # the router's process, its loop,
         self.own.register(_RouterCollector(router, self.loop_lag))  # its viewer connections
         ProcessCollector(registry=self.own)
         PlatformCollector(registry=self.own)
-        self.merged = MergedCollector()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.merged)
+
+    def _registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.merged)
+        return registry
 
     async def _snapshots(self) -> list[dict[str, Any] | None]:
         return list(await asyncio.gather(*(self._snapshot(worker.index)
@@ -505,14 +517,8 @@ class RouterMetricsEndpoint(MetricsEndpoint):
 
     async def status(self) -> Response:
         snapshots = await self._snapshots()
-        document: dict[str, Any] = {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.monotonic() - self.started, 3),
-            "ports": dict(self.daemon.ports),
-            "output": str(self.daemon.relay.settings.output_root),
-            "workers": [], "sessions": [], "viewers": [],
-        }
+        # The router's own document (its relay has no sessions, its viewers are the workers').
+        document = status_document(self.daemon, self.started) | {"workers": []}
         for index, snapshot in enumerate(snapshots):
             status = None if snapshot is None else snapshot["status"]
             document["workers"].append({"worker": index, "up": status is not None,
@@ -520,8 +526,7 @@ class RouterMetricsEndpoint(MetricsEndpoint):
             if status is not None:
                 document["sessions"] += [{**s, "worker": index} for s in status["sessions"]]
                 document["viewers"] += [{**v, "worker": index} for v in status["viewers"]]
-        return Response(http.HTTPStatus.OK, (json.dumps(document, indent=2) + "\n").encode(),
-                        JSON)
+        return _json_response(document)
 
 
 
@@ -542,8 +547,4 @@ class _RouterCollector:
                                        "Connections accepted, by port", labels=["port"])
         accepted.add_metric(["live"], self.router.viewers_accepted)
         yield from (opened, accepted)
-        yield HistogramMetricFamily(
-            f"{PREFIX}_event_loop_lag_seconds",
-            "How late the event loop ran a timer, sampled every "
-            f"{self.loop_lag.interval_s} s", buckets=self.loop_lag.cumulative_buckets(),
-            sum_value=self.loop_lag.total_s)
+        yield _loop_lag_family(self.loop_lag)

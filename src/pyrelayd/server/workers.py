@@ -90,10 +90,8 @@ class HostTable:
         return worker
 
 
-def _peer_text(address: tuple[str, int] | str) -> str:
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+def _peer_text(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
 
 
 class WorkerProcess:
