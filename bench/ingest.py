@@ -13,12 +13,14 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.children import ChildProcess
 from bench.relays import RELAY_KINDS, RELAY_NAMES, Relay, RelayKind, start_relay
 from bench.report import GIB, Section, Table, median_by, number, ratio, size_label, spread
 from bench.synthetic import ProducerPlan, ProducerResult, run_producer, verify_output
+from pyrelayd_testkit.processes import child_pids, own_cpu_seconds
 
 OUTPUTS = {"tmpfs": Path("/dev/shm"), "disk": Path("/var/tmp")}
 
@@ -52,20 +54,49 @@ class IngestResult:
         return 100 * self.producer.cpu_s / self.producer.wall_s
 
 
+def process_cpu(relay: Relay) -> dict[int, float]:
+    """CPU seconds of the relay's process and of each of its children (--workers), by pid."""
+    found = {relay.pid: own_cpu_seconds(relay.pid)}
+    for pid in child_pids(relay.pid):
+        found[pid] = own_cpu_seconds(pid)
+    return found
+
+
+def measured_runs(relay: Relay, producers: Sequence[ChildProcess]
+                  ) -> tuple[ProducerResult, float, tuple[float, ...]]:
+    """Run producer children at once (all ready, all go, all done): one result for all
+    (wall: until the last one is done), the relay's CPU seconds, and their shares by process
+    (the router or single process first, then the workers, busiest first)."""
+    try:
+        for producer in producers:
+            producer.expect("ready", 120)
+        before = relay.cpu_seconds()
+        before_each = process_cpu(relay)
+        for producer in producers:
+            producer.send("go")
+        results: list[ProducerResult] = [producer.expect("done") for producer in producers]
+        cpu = relay.cpu_seconds() - before
+        after_each = process_cpu(relay)
+        for producer in producers:
+            producer.send("close")
+            producer.expect("closed")
+    finally:
+        for producer in producers:
+            producer.stop()
+    relay.check_running()
+    total = ProducerResult(max(r.wall_s for r in results), sum(r.cpu_s for r in results),
+                           sum(r.payload_bytes for r in results), sum(r.packets for r in results))
+    spent = {pid: after_each[pid] - before_each.get(pid, 0.0) for pid in after_each}
+    main = spent.pop(relay.pid)
+    shares = tuple(value / cpu if cpu else 0.0
+                   for value in (main, *sorted(spent.values(), reverse=True)))
+    return total, cpu, shares
+
+
 def measured_run(relay: Relay, producer: ChildProcess) -> tuple[ProducerResult, float]:
     """Run a producer child (ready, go, done, close) and measure the relay's CPU seconds
     between its go and its done; the relay must still be running afterwards."""
-    try:
-        producer.expect("ready", 120)
-        before = relay.cpu_seconds()
-        producer.send("go")
-        result: ProducerResult = producer.expect("done")
-        cpu = relay.cpu_seconds() - before
-        producer.send("close")
-        producer.expect("closed")
-    finally:
-        producer.stop()
-    relay.check_running()
+    result, cpu, _shares = measured_runs(relay, [producer])
     return result, cpu
 
 

@@ -23,26 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.children import ChildProcess
-from bench.ingest import OUTPUTS
+from bench.ingest import OUTPUTS, measured_runs
 from bench.producers import run_pattern
-from bench.relays import LOAD_CPUS, RELAY_CPUS, RELAY_NAMES, Relay, RelayKind, start_relay
+from bench.relays import LOAD_CPUS, RELAY_CPUS, RELAY_NAMES, RelayKind, start_relay
 from bench.report import Section, Table, median_by, number, ratio, size_label, spread
 from bench.synthetic import ProducerPlan, ProducerResult, verify_output
-from pyrelayd_testkit.processes import CLOCK_TICKS, child_pids
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """A process's own user + system time (not its children's)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def process_cpu(relay: Relay) -> dict[int, float]:
-    """CPU seconds of the relay's process and of each of its children, by pid."""
-    found = {relay.pid: own_cpu_seconds(relay.pid)}
-    for pid in child_pids(relay.pid):
-        found[pid] = own_cpu_seconds(pid)
-    return found
 
 HOSTS = 4
 STREAMS_PER_HOST = 2
@@ -122,37 +107,6 @@ class ScalingResult:
     def median_mb_per_s(self) -> float:
         speeds = sorted(run.result.mb_per_s for run in self.runs)
         return speeds[len(speeds) // 2]
-
-
-def measured_runs(relay: Relay, producers: Sequence[ChildProcess]
-                  ) -> tuple[ProducerResult, float, tuple[float, ...]]:
-    """Run producer children at once (all ready, all go, all done): one result for all
-    (wall: until the last one is done), the relay's CPU seconds, and their shares by process
-    (the router or single process first, then the workers, busiest first)."""
-    try:
-        for producer in producers:
-            producer.expect("ready", 120)
-        before = relay.cpu_seconds()
-        before_each = process_cpu(relay)
-        for producer in producers:
-            producer.send("go")
-        results: list[ProducerResult] = [producer.expect("done") for producer in producers]
-        cpu = relay.cpu_seconds() - before
-        after_each = process_cpu(relay)
-        for producer in producers:
-            producer.send("close")
-            producer.expect("closed")
-    finally:
-        for producer in producers:
-            producer.stop()
-    relay.check_running()
-    total = ProducerResult(max(r.wall_s for r in results), sum(r.cpu_s for r in results),
-                           sum(r.payload_bytes for r in results), sum(r.packets for r in results))
-    spent = {pid: after_each[pid] - before_each.get(pid, 0.0) for pid in after_each}
-    main = spent.pop(relay.pid)
-    shares = tuple(value / cpu if cpu else 0.0
-                   for value in (main, *sorted(spent.values(), reverse=True)))
-    return total, cpu, shares
 
 
 def _one_run(variant: Variant, pattern: str, size: int, config: ScalingConfig, base: Path,

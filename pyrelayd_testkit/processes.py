@@ -132,11 +132,22 @@ def kill_if_same_process(pid: int, start_time: int | None) -> None:
 
 
 
+def _stat_ticks(pid: int) -> list[int]:
+    """utime, stime, cutime, cstime of /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return [int(field) for field in fields[11:15]]
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), not its children's."""
+    utime, stime, _, _ = _stat_ticks(pid)
+    return (utime + stime) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads included, plus that of its
     living child processes (pyrelayd's `--workers`) and of the children it has reaped."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = sum(int(field) for field in fields[11:15]) / CLOCK_TICKS  # utime stime cu cs
+    total = sum(_stat_ticks(pid)) / CLOCK_TICKS
     for child in child_pids(pid):
         with contextlib.suppress(OSError):
             total += cpu_seconds(child)
